@@ -1,0 +1,388 @@
+"""The durable blog job queue on SQLite. Knows nothing of Discord.
+
+Every job moves through :class:`JobState`. A worker *claims* a job in one atomic UPDATE, which gives it a
+lease (``lease_token`` + ``lease_until``); it renews the lease by heartbeat while it works, and every
+later write it makes checks the token, so a worker that lost its lease (it hung, or the bot was killed
+and the job re-claimed after the lease expired) can never overwrite the job's new holder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.db import Database, Row
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"  # waiting for a worker (maybe until run_at, after a failed attempt)
+    RUNNING = "running"  # a worker holds the lease and is generating the article
+    GENERATED = "generated"  # the article is stored; it still has to be posted (never regenerated)
+    DELIVERED = "delivered"  # posted in the channel; delivered_message_id says where. Terminal.
+    FAILED = "failed"  # gave up; error says why. Terminal.
+    CANCELLED = "cancelled"  # cancelled by its requester or a moderator. Terminal.
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.GENERATED)
+
+
+@dataclass(frozen=True, slots=True)
+class BlogRequest:
+    """What a member asked for with ``/blog new``, already validated."""
+
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    topic: str
+    style: str
+    tone: str
+    target_length: int
+    tags: tuple[str, ...]
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the queue."""
+
+    id: int
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    status_message_id: int | None
+    topic: str
+    style: str
+    tone: str
+    target_length: int
+    tags: tuple[str, ...]
+    model: str
+    state: JobState
+    attempts: int
+    run_at: float
+    fair_seq: float
+    lease_token: str | None
+    lease_until: float | None
+    progress_words: int
+    started_at: float | None
+    title: str | None
+    slug: str | None
+    article: str | None
+    word_count: int | None
+    generated_at: str | None
+    delivered_message_id: int | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Job:
+        values: dict[str, Any] = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row
+        values["tags"] = tuple(json.loads(values["tags"]))
+        values["state"] = JobState(values["state"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Article:
+    """A generated article, ready to post."""
+
+    title: str
+    slug: str
+    text: str
+    word_count: int
+    generated_at: str
+
+
+class QuotaExceeded(Exception):
+    """Too much queued work; ``scope`` is ``user``, ``guild`` or ``global``."""
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"{scope} limit of {limit} queued jobs reached")
+        self.scope = scope
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Limits on queued (not yet finished) jobs."""
+
+    per_user: int
+    per_guild: int
+    total: int = 1000
+
+
+# Claim order. Jobs waiting to be posted go first (their work is done). Then fairness between users, by
+# virtual time (stride scheduling): at enqueue a job gets fair_seq = max(the queue's head, the user's last
+# active fair_seq + 1), so each user's first job comes before anyone's second, and a newcomer joins the
+# current round instead of waiting behind a backlog. Ties go to the older job.
+_CLAIM_ORDER = "state = 'generated' DESC, fair_seq, id"
+_CLAIMABLE = """
+    (state = 'queued' AND run_at <= :now)
+    OR (state IN ('running', 'generated') AND (lease_until IS NULL OR lease_until < :now))
+"""
+
+
+class JobStore:
+    """Blog jobs in SQLite; every method is one short transaction (never held across a model call)."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        # Wall-clock time: run_at and leases must mean the same thing after a restart.
+        self._clock = clock
+
+    async def enqueue(self, request: BlogRequest, quotas: Quotas) -> Job:
+        """Queue a job, unless a quota is reached (checked in the same transaction as the insert)."""
+        now = self._clock()
+        active = ", ".join(f"'{state}'" for state in ACTIVE_STATES)
+        async with self._db.transaction() as connection:
+            cursor = await connection.execute(
+                f"""SELECT COUNT(*),
+                           COUNT(*) FILTER (WHERE user_id = ? AND guild_id IS ?),
+                           COUNT(*) FILTER (WHERE guild_id IS ?)
+                    FROM jobs WHERE state IN ({active})""",
+                (request.user_id, request.guild_id, request.guild_id),
+            )
+            total, user_count, guild_count = await cursor.fetchone() or (0, 0, 0)
+            if user_count >= quotas.per_user:
+                raise QuotaExceeded("user", quotas.per_user)
+            if request.guild_id is not None and guild_count >= quotas.per_guild:
+                raise QuotaExceeded("guild", quotas.per_guild)
+            if total >= quotas.total:
+                raise QuotaExceeded("global", quotas.total)
+            cursor = await connection.execute(
+                f"""SELECT MAX(COALESCE((SELECT MIN(fair_seq) FROM jobs WHERE state = 'queued'), 0),
+                               COALESCE((SELECT MAX(fair_seq) + 1 FROM jobs
+                                         WHERE user_id = ? AND state IN ({active})), 0))""",
+                (request.user_id,),
+            )
+            (fair_seq,) = await cursor.fetchone() or (0,)
+            cursor = await connection.execute(
+                """INSERT INTO jobs (guild_id, channel_id, user_id, topic, style, tone, target_length, tags,
+                                     model, state, run_at, fair_seq, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING *""",
+                (
+                    request.guild_id,
+                    request.channel_id,
+                    request.user_id,
+                    request.topic,
+                    request.style,
+                    request.tone,
+                    request.target_length,
+                    json.dumps(list(request.tags)),
+                    request.model,
+                    now,
+                    fair_seq,
+                    now,
+                    now,
+                ),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return Job.from_row(row)
+
+    async def set_status_message(self, job_id: int, message_id: int) -> None:
+        """Remember the message that shows the job's progress."""
+        async with self._db.transaction() as connection:
+            await connection.execute(
+                "UPDATE jobs SET status_message_id = ?, updated_at = ? WHERE id = ?",
+                (message_id, self._clock(), job_id),
+            )
+
+    async def claim(self, lease_seconds: float, *, paused_guilds: frozenset[int] = frozenset()) -> Job | None:
+        """Atomically take the next job (queued, or one whose holder's lease expired), or None.
+
+        A queued job becomes ``running`` with one more attempt; an expired ``running`` job runs again
+        (one more attempt); a ``generated`` job stays ``generated`` (only its delivery is left).
+        """
+        now = self._clock()
+        where = f"({_CLAIMABLE})"
+        parameters: dict[str, Any] = {"now": now, "until": now + lease_seconds, "token": secrets.token_hex(8)}
+        if paused_guilds:
+            where += " AND (guild_id IS NULL OR guild_id NOT IN (SELECT value FROM json_each(:paused)))"
+            parameters["paused"] = json.dumps(sorted(paused_guilds))
+        async with self._db.transaction() as connection:
+            cursor = await connection.execute(
+                f"""UPDATE jobs SET
+                        state = CASE state WHEN 'generated' THEN 'generated' ELSE 'running' END,
+                        attempts = attempts + (state != 'generated'),
+                        progress_words = CASE state WHEN 'generated' THEN progress_words ELSE 0 END,
+                        started_at = CASE state WHEN 'generated' THEN started_at ELSE :now END,
+                        lease_token = :token, lease_until = :until, updated_at = :now
+                    WHERE id = (SELECT id FROM jobs WHERE {where} ORDER BY {_CLAIM_ORDER} LIMIT 1)
+                    RETURNING *""",
+                parameters,
+            )
+            row = await cursor.fetchone()
+        return None if row is None else Job.from_row(row)
+
+    async def next_run_at(self) -> float | None:
+        """When the earliest job becomes claimable (now, a retry's run_at, or a lease's expiry), or None."""
+        row = await self._db.fetch_one(
+            """SELECT MIN(CASE state WHEN 'queued' THEN run_at ELSE COALESCE(lease_until, 0) END)
+               FROM jobs WHERE state IN ('queued', 'running', 'generated')"""
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def heartbeat(self, job: Job, lease_seconds: float, progress_words: int) -> bool:
+        """Renew the lease and record progress; False if the job was cancelled or taken from us."""
+        now = self._clock()
+        return await self._update_held(
+            job,
+            "lease_until = ?, progress_words = ?, updated_at = ?",
+            (now + lease_seconds, progress_words, now),
+        )
+
+    async def store_article(self, job: Job, article: Article) -> bool:
+        """``running`` → ``generated``: keep the finished article so it is never generated twice."""
+        return await self._update_held(
+            job,
+            """state = 'generated', title = ?, slug = ?, article = ?, word_count = ?, generated_at = ?,
+               progress_words = ?, updated_at = ?""",
+            (
+                article.title,
+                article.slug,
+                article.text,
+                article.word_count,
+                article.generated_at,
+                article.word_count,
+                self._clock(),
+            ),
+            expected_state=JobState.RUNNING,
+        )
+
+    async def mark_delivered(self, job: Job, message_id: int) -> bool:
+        """``generated`` → ``delivered``, recording the posted message in the same UPDATE."""
+        now = self._clock()
+        return await self._update_held(
+            job,
+            """state = 'delivered', delivered_message_id = ?, lease_token = NULL, lease_until = NULL,
+               error = NULL, finished_at = ?, updated_at = ?""",
+            (message_id, now, now),
+            expected_state=JobState.GENERATED,
+        )
+
+    async def retry_later(self, job: Job, error: str, delay: float) -> bool:
+        """``running`` → ``queued`` after ``delay`` seconds, keeping ``error`` as the last failure."""
+        now = self._clock()
+        return await self._update_held(
+            job,
+            "state = 'queued', run_at = ?, error = ?, lease_token = NULL, lease_until = NULL, updated_at = ?",
+            (now + delay, error, now),
+            expected_state=JobState.RUNNING,
+        )
+
+    async def release(self, job: Job, error: str | None = None) -> bool:
+        """Give the job back without counting an attempt against it (shutdown, or no backend yet)."""
+        now = self._clock()
+        return await self._update_held(
+            job,
+            """state = CASE state WHEN 'running' THEN 'queued' ELSE state END,
+               attempts = attempts - (state = 'running'), run_at = ?, error = COALESCE(?, error),
+               lease_token = NULL, lease_until = NULL, updated_at = ?""",
+            (now, error, now),
+        )
+
+    async def fail(self, job: Job, error: str) -> bool:
+        """Give up on the job, keeping the reason."""
+        now = self._clock()
+        return await self._update_held(
+            job,
+            """state = 'failed', error = ?, lease_token = NULL, lease_until = NULL, finished_at = ?,
+               updated_at = ?""",
+            (error, now, now),
+        )
+
+    async def cancel(self, job_id: int) -> Job | None:
+        """Cancel a job that has not finished yet; returns the cancelled job, or None if it had."""
+        now = self._clock()
+        async with self._db.transaction() as connection:
+            cursor = await connection.execute(
+                """UPDATE jobs SET state = 'cancelled', lease_token = NULL, lease_until = NULL,
+                                   finished_at = ?, updated_at = ?
+                   WHERE id = ? AND state IN ('queued', 'running', 'generated') RETURNING *""",
+                (now, now, job_id),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else Job.from_row(row)
+
+    async def get(self, job_id: int) -> Job | None:
+        """One job by id."""
+        row = await self._db.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else Job.from_row(row)
+
+    async def list_jobs(
+        self,
+        *,
+        guild_id: int | None = None,
+        user_id: int | None = None,
+        limit: int = 25,
+        active_only: bool = False,
+    ) -> list[Job]:
+        """Newest first, filtered by guild and/or user."""
+        clauses, parameters = ["1"], []
+        if guild_id is not None:
+            clauses.append("guild_id = ?")
+            parameters.append(guild_id)
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            parameters.append(user_id)
+        if active_only:
+            clauses.append("state IN ('queued', 'running', 'generated')")
+        rows = await self._db.fetch_all(
+            f"SELECT * FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", (*parameters, limit)
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def queue_positions(self) -> dict[int, int]:
+        """Position (1 = next) of every queued job, in the order workers will claim them."""
+        rows = await self._db.fetch_all("SELECT id FROM jobs WHERE state = 'queued' ORDER BY fair_seq, id")
+        return {int(row[0]): index for index, row in enumerate(rows, start=1)}
+
+    async def count_by_state(self, guild_id: int | None = None) -> dict[JobState, int]:
+        """How many jobs are in each state (in one guild, or everywhere)."""
+        where, parameters = ("WHERE guild_id = ?", (guild_id,)) if guild_id is not None else ("", ())
+        rows = await self._db.fetch_all(
+            f"SELECT state, COUNT(*) FROM jobs {where} GROUP BY state", parameters
+        )
+        counts = dict.fromkeys(JobState, 0)
+        counts.update({JobState(row[0]): int(row[1]) for row in rows})
+        return counts
+
+    async def _update_held(
+        self,
+        job: Job,
+        assignments: str,
+        parameters: tuple[Any, ...],
+        *,
+        expected_state: JobState | None = None,
+    ) -> bool:
+        """UPDATE the job only while ``job``'s lease token holds it (and it is in ``expected_state``)."""
+        condition = "id = ? AND lease_token = ?"
+        extra: tuple[Any, ...] = (job.id, job.lease_token)
+        if expected_state is not None:
+            condition += " AND state = ?"
+            extra += (expected_state.value,)
+        async with self._db.transaction() as connection:
+            cursor = await connection.execute(
+                f"UPDATE jobs SET {assignments} WHERE {condition}", parameters + extra
+            )
+            return cursor.rowcount == 1
+
+
+def replace(job: Job, **changes: Any) -> Job:
+    """A copy of ``job`` with some fields changed (for callers keeping their view in step)."""
+    return dataclasses.replace(job, **changes)
