@@ -1,0 +1,247 @@
+"""Client for Ollama's native API (``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/ps``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from bot.llm._errors import (
+    BackendBusy,
+    BackendError,
+    BackendUnavailable,
+    BadRequest,
+    LLMError,
+    ModelNotFound,
+    StreamFailed,
+)
+from bot.llm._stream import TextStream
+from bot.llm._types import ChatMessage, GenerationStats, RetryPolicy, Timeouts
+
+# 500 bodies that mean the runner died or failed to start: a fresh attempt may well work.
+_TRANSIENT_500_MARKERS = ("terminated", "unexpectedly stopped", "timed out waiting")
+_NANOSECONDS = 1e9
+
+
+class OllamaClient:
+    """One Ollama server, spoken to through a shared :class:`httpx.AsyncClient`.
+
+    The client knows nothing of Discord. It never creates its own HTTP client: pass the one the
+    application owns, so connections are pooled and closed in one place.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        name: str = "",
+        connect_timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._http = http
+        self.base_url = base_url.rstrip("/")
+        self.name = name or self.base_url
+        # The read timeout is handled per phase by TextStream; httpx only bounds connecting and writing.
+        self._stream_timeout = httpx.Timeout(
+            connect=connect_timeout, read=None, write=connect_timeout, pool=None
+        )
+        self._request_timeout = httpx.Timeout(connect_timeout, read=max(connect_timeout, 10.0))
+        self._retry = retry or RetryPolicy()
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        *,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> TextStream:
+        """Stream a chat reply from ``POST /api/chat``."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "options": dict(options or {}),
+        }
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        return self._stream("/api/chat", body, model, timeouts, retry)
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        system: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> TextStream:
+        """Stream a completion from ``POST /api/generate``."""
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": prompt,
+            "stream": True,
+            "options": dict(options or {}),
+        }
+        if system is not None:
+            body["system"] = system
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        return self._stream("/api/generate", body, model, timeouts, retry)
+
+    async def version(self) -> str:
+        """The server's version (``GET /api/version``); a cheap health check that loads no model."""
+        data = await self._get_json("/api/version")
+        return str(data.get("version", "unknown"))
+
+    async def list_models(self) -> list[str]:
+        """Names of the models pulled on the server (``GET /api/tags``)."""
+        data = await self._get_json("/api/tags")
+        return [str(entry.get("name")) for entry in data.get("models") or [] if isinstance(entry, dict)]
+
+    async def loaded_models(self) -> list[str]:
+        """Names of the models loaded in memory right now (``GET /api/ps``)."""
+        data = await self._get_json("/api/ps")
+        return [str(entry.get("name")) for entry in data.get("models") or [] if isinstance(entry, dict)]
+
+    def _stream(
+        self,
+        path: str,
+        body: dict[str, Any],
+        model: str,
+        timeouts: Timeouts | None,
+        retry: RetryPolicy | None,
+    ) -> TextStream:
+        wire = _OllamaWire(self.name, model, chat=path == "/api/chat")
+        url = self.base_url + path
+
+        async def send() -> httpx.Response:
+            request = self._http.build_request("POST", url, json=body, timeout=self._stream_timeout)
+            try:
+                return await self._http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise BackendUnavailable(
+                    f"cannot connect to {self.name} (timed out)", backend=self.name
+                ) from exc
+            except httpx.TransportError as exc:
+                raise BackendUnavailable(
+                    f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
+                ) from exc
+
+        return TextStream(send, wire, timeouts=timeouts or Timeouts(), retry=retry or self._retry)
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        try:
+            response = await self._http.get(self.base_url + path, timeout=self._request_timeout)
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
+            ) from exc
+        if response.status_code != 200:
+            raise BackendError(
+                f"{path} answered HTTP {response.status_code}",
+                status=response.status_code,
+                retryable=response.status_code >= 500,
+                backend=self.name,
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise BackendError(
+                f"{path} answered with invalid JSON", status=200, retryable=False, backend=self.name
+            ) from None
+        if not isinstance(data, dict):
+            raise BackendError(
+                f"{path} answered with unexpected JSON", status=200, retryable=False, backend=self.name
+            )
+        return data
+
+
+class _OllamaWire:
+    """Ollama's NDJSON stream: one object per line, ``done: true`` with the stats on the last one."""
+
+    def __init__(self, backend: str, model: str, *, chat: bool) -> None:
+        self.backend = backend
+        self._model = model
+        self._chat = chat
+
+    async def error_for(self, response: httpx.Response) -> LLMError:
+        status = response.status_code
+        body = (await response.aread())[:2000]
+        message = _error_text(body) or f"HTTP {status}"
+        is_json_error = _error_text(body) is not None
+        if status == 404 and is_json_error:
+            return ModelNotFound(self._model, backend=self.backend)
+        if status == 400:
+            return BadRequest(f"request refused: {message}", backend=self.backend)
+        if status in (429, 503):
+            return BackendBusy(f"server busy: {message}", backend=self.backend)
+        if status in (502, 504):
+            return BackendUnavailable(f"gateway error HTTP {status}", backend=self.backend)
+        transient = status == 500 and any(marker in message for marker in _TRANSIENT_500_MARKERS)
+        if status == 404:
+            message = "endpoint not found (is this an Ollama server?)"
+        return BackendError(
+            f"HTTP {status}: {message}", status=status, retryable=transient, backend=self.backend
+        )
+
+    def parse_line(self, line: bytes) -> tuple[str, GenerationStats | None]:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise StreamFailed(
+                "the server sent a malformed line", partial_text="", backend=self.backend
+            ) from None
+        if not isinstance(data, dict):
+            raise StreamFailed("the server sent a malformed line", partial_text="", backend=self.backend)
+        if "error" in data:
+            message = str(data["error"])
+            transient = any(marker in message for marker in _TRANSIENT_500_MARKERS)
+            raise StreamFailed(
+                f"the server reported: {message}", partial_text="", retryable=transient, backend=self.backend
+            )
+        if self._chat:
+            message_obj = data.get("message")
+            text = message_obj.get("content", "") if isinstance(message_obj, dict) else ""
+        else:
+            text = data.get("response", "")
+        if not isinstance(text, str):
+            raise StreamFailed("the server sent a malformed line", partial_text="", backend=self.backend)
+        if data.get("done") is not True:
+            return text, None
+        return text, GenerationStats(
+            model=str(data.get("model", self._model)),
+            done_reason=str(data.get("done_reason") or "stop"),
+            prompt_tokens=_int_or_none(data.get("prompt_eval_count")),
+            completion_tokens=_int_or_none(data.get("eval_count")),
+            total_seconds=_seconds(data.get("total_duration")),
+            load_seconds=_seconds(data.get("load_duration")),
+            eval_seconds=_seconds(data.get("eval_duration")),
+        )
+
+
+def _error_text(body: bytes) -> str | None:
+    """The ``error`` field of a JSON error body, or None when the body is not one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _seconds(nanoseconds: object) -> float | None:
+    number = _int_or_none(nanoseconds)
+    return None if number is None else number / _NANOSECONDS

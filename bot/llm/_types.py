@@ -1,0 +1,73 @@
+"""Plain data passed to and from model servers."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One turn of a conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    """What the server reported when the reply finished (every metric is optional on the wire)."""
+
+    model: str
+    done_reason: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_seconds: float | None = None
+    load_seconds: float | None = None
+    eval_seconds: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Generation speed, when the server reported it."""
+        if not self.completion_tokens or not self.eval_seconds:
+            return None
+        return self.completion_tokens / self.eval_seconds
+
+    @property
+    def truncated(self) -> bool:
+        """True when the reply stopped at the token limit rather than where the model ended it."""
+        return self.done_reason == "length"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Time limits for one streamed call, in seconds.
+
+    ``first_byte`` must cover waiting in the server's queue, loading the model (~6 s cold for a 7B model,
+    minutes for large ones) and evaluating the prompt: Ollama sends headers only with the first token.
+    ``idle`` bounds the gap between two chunks; ``total`` bounds the whole call, retries included.
+    """
+
+    first_byte: float = 120.0
+    idle: float = 30.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often, and how patiently, a call is retried before any text has been produced."""
+
+    attempts: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, jittered."""
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
