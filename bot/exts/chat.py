@@ -1,0 +1,338 @@
+"""Chat: mention the bot (or reply to it, or DM it) and it answers, streaming the model's reply.
+
+The conversation's memory is Discord itself: the reply chain leading to the question (or the thread the
+bot owns) is read back on every turn, from the message cache and then from the API, so nothing is lost
+when the bot restarts and two people talking at once never share a history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import re
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from bot.chat.prompt import Turn, build_prompt, render_system_prompt
+from bot.llm import (
+    BackendBusy,
+    BackendUnavailable,
+    LLMError,
+    LLMTimeout,
+    ModelNotFound,
+    StreamFailed,
+    Timeouts,
+)
+from bot.llm.pool import Priority
+from bot.settings import GuildSettings
+from bot.streaming import StreamedReply
+
+if TYPE_CHECKING:
+    from bot.bot import LLMBot
+
+log = logging.getLogger(__name__)
+
+FAILURE_NOTE = re.compile(r"\n*⚠️ \*[^\n]*\*\s*$")
+USER_MENTION = re.compile(r"<@!?(\d+)>")
+ROLE_MENTION = re.compile(r"<@&(\d+)>")
+CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+SHUTDOWN_GRACE_SECONDS = 10.0
+# Notes about limits are clutter once read.
+NOTE_LIFETIME_SECONDS = 15.0
+
+
+def describe_failure(error: LLMError, model: str) -> str:
+    """A short, specific sentence for the person waiting; never a traceback."""
+    if isinstance(error, ModelNotFound):
+        return f"The model `{model}` is not installed on the server (run `ollama pull {model}` there)."
+    if isinstance(error, BackendUnavailable):
+        return "I can't reach the model server right now. Please try again in a minute."
+    if isinstance(error, BackendBusy):
+        return "The model server is busy. Please try again in a moment."
+    if isinstance(error, LLMTimeout):
+        if error.partial_text:
+            return f"The reply was cut off: {error}."
+        return f"The model did not answer in time ({error})."
+    if isinstance(error, StreamFailed):
+        return "The reply was cut off: the model server stopped in the middle of it."
+    return "The model server returned an error. Please try again later."
+
+
+class Chat(commands.Cog):
+    """Answers mentions, replies and DMs with a streamed model reply."""
+
+    def __init__(self, bot: LLMBot) -> None:
+        self.bot = bot
+        self.config = bot.config.chat
+        self._last_started: dict[int, float] = {}
+        self._streaming: Counter[int] = Counter()
+        # discord.py runs each on_message in its own task; we keep the ones answering, to drain them.
+        self._answering: set[asyncio.Task[None]] = set()
+
+    async def cog_unload(self) -> None:
+        """Let replies in progress finish (briefly), then stop the rest; the listener is already removed."""
+        if self._answering:
+            _, unfinished = await asyncio.wait(self._answering, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    # -- triggering ------------------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if not await self._is_for_us(message):
+            return
+        settings = self.bot.settings.get(message.guild.id if message.guild else None)
+        parent_id = getattr(message.channel, "parent_id", None)
+        if not settings.allows_chat_in(message.channel.id, parent_id):
+            return  # a moderator turned chat off here: stay quiet rather than nag
+        cooldown = (
+            self.config.cooldown_seconds if settings.cooldown_seconds is None else settings.cooldown_seconds
+        )
+        refusal = self._check_limits(message.author.id, cooldown)
+        if refusal is None:
+            question = readable_content(message, self.bot)
+            if not question:
+                refusal = "Mention me with a question, and I'll answer."
+            elif len(question) > self.config.max_prompt_chars:
+                refusal = (
+                    f"That message is too long for me ({len(question)} characters; "
+                    f"the limit is {self.config.max_prompt_chars})."
+                )
+        if refusal is not None:
+            await self._note(message, refusal)
+            return
+        self._last_started[message.author.id] = time.monotonic()
+        self._streaming[message.author.id] += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._answering.add(task)
+        try:
+            await self._answer(message, question, settings)
+        finally:
+            self._answering.discard(task)
+            self._streaming[message.author.id] -= 1
+            if not self._streaming[message.author.id]:
+                del self._streaming[message.author.id]
+
+    async def _is_for_us(self, message: discord.Message) -> bool:
+        me = self.bot.user
+        if (
+            me is None
+            or message.author.bot
+            or message.type
+            not in (
+                discord.MessageType.default,
+                discord.MessageType.reply,
+            )
+        ):
+            return False
+        if message.guild is None:
+            return self.config.allow_dms
+        if any(user.id == me.id for user in message.mentions) and f"{me.id}>" in message.content:
+            return True
+        if message.guild.self_role is not None and message.guild.self_role in message.role_mentions:
+            return True
+        # A reply to one of our chat answers continues the conversation without a new mention.
+        parent = await self._referenced(message)
+        return parent is not None and is_chat_answer(parent, me.id)
+
+    def _check_limits(self, user_id: int, cooldown: float) -> str | None:
+        if self._streaming[user_id] >= self.config.max_streams_per_user:
+            return "I'm still answering you; one question at a time, please."
+        last = self._last_started.get(user_id)
+        if last is not None:
+            wait = cooldown - (time.monotonic() - last)
+            if wait > 0:
+                return f"Slow down a little: try again in {wait:.0f} s."
+        return None
+
+    async def _note(self, message: discord.Message, text: str) -> None:
+        try:
+            await message.reply(
+                text,
+                allowed_mentions=discord.AllowedMentions.none(),
+                mention_author=False,
+                delete_after=NOTE_LIFETIME_SECONDS,
+            )
+        except discord.HTTPException as exc:
+            log.info("could not post a note in channel %s: %s", message.channel.id, exc)
+
+    # -- answering -------------------------------------------------------------------------------------
+
+    async def _answer(self, message: discord.Message, question: str, settings: GuildSettings) -> None:
+        loop = asyncio.get_running_loop()
+        received_at = loop.time()
+        model = settings.chat_model or self.config.model
+        history = await self._history(message)
+        prompt = build_prompt(
+            self._system_prompt(message, settings.system_prompt or self.config.system_prompt),
+            history,
+            Turn("user", message.author.display_name, question),
+            max_messages=self.config.history_messages,
+            max_chars=self.config.history_chars,
+        )
+        options = {
+            "temperature": self.config.temperature,
+            "num_predict": self.config.max_tokens,
+            # Always the same num_ctx: a different one makes Ollama reload the model.
+            "num_ctx": self.config.num_ctx,
+        }
+        timeouts = Timeouts(
+            first_byte=self.config.first_token_timeout,
+            idle=self.config.idle_timeout,
+            total=self.config.deadline,
+        )
+        mentions = discord.AllowedMentions(
+            everyone=False, roles=False, users=[message.author], replied_user=True
+        )
+        outcome = "ok"
+        stream = self.bot.pool.chat(
+            model,
+            prompt.messages,
+            options=options,
+            priority=Priority.CHAT,
+            timeouts=timeouts,
+            slot_timeout=self.config.queue_timeout,
+        )
+        reply = StreamedReply(
+            message, self.bot.budgets, edit_interval=self.config.edit_interval, mentions=mentions
+        )
+        async with reply, stream:
+            try:
+                async for text in stream:
+                    reply.append(text)
+                    if reply.broken is not None:
+                        outcome = "discord-refused"
+                        break
+                else:
+                    if stream.stats is not None and stream.stats.truncated:
+                        reply.fail(f"the reply reached the {self.config.max_tokens}-token limit")
+                        outcome = "truncated"
+                    else:
+                        reply.finish()
+            except LLMError as exc:
+                outcome = type(exc).__name__
+                reply.fail(describe_failure(exc, model))
+        finished_at = loop.time()
+        first_text = reply.first_visible_at
+        log.info(
+            "chat reply guild=%s channel=%s user=%s message=%s model=%s backend=%s outcome=%s history=%d "
+            "dropped=%d first_text_ms=%s total_ms=%d chars=%d parts=%d",
+            message.guild.id if message.guild else None,
+            message.channel.id,
+            message.author.id,
+            message.id,
+            model,
+            stream.backend,
+            outcome,
+            len(prompt.messages) - 2,
+            prompt.dropped,
+            f"{(first_text - received_at) * 1000:.0f}" if first_text is not None else "-",
+            (finished_at - received_at) * 1000,
+            len(reply.text),
+            len(reply.messages),
+        )
+
+    def _system_prompt(self, message: discord.Message, template: str) -> str:
+        channel = getattr(message.channel, "name", None) or "direct messages"
+        server = message.guild.name if message.guild else "a private conversation"
+        today = datetime.datetime.now(datetime.UTC).date().isoformat()
+        return render_system_prompt(template, server=server, channel=channel, date=today)
+
+    # -- memory ----------------------------------------------------------------------------------------
+
+    async def _history(self, message: discord.Message) -> list[Turn]:
+        """The earlier turns of this conversation, oldest first."""
+        me = self.bot.user
+        assert me is not None
+        limit = self.config.history_messages
+        if limit == 0:
+            return []
+        chain: list[discord.Message] = []
+        current = message
+        # Walk the reply chain; a multi-part answer counts as one turn, so allow for its parts.
+        while len(chain) < limit * 4:
+            parent = await self._referenced(current)
+            if parent is None:
+                break
+            chain.append(parent)
+            current = parent
+        turns: list[Turn] = []
+        for earlier in reversed(chain):
+            if earlier.author.id == me.id:
+                content = FAILURE_NOTE.sub("", earlier.content)
+                if turns and turns[-1].role == "assistant":  # the next part of the same answer
+                    turns[-1] = Turn("assistant", turns[-1].author, f"{turns[-1].content}\n{content}")
+                else:
+                    turns.append(Turn("assistant", me.display_name, content))
+            else:
+                turns.append(Turn("user", earlier.author.display_name, readable_content(earlier, self.bot)))
+        return [turn for turn in turns if turn.content.strip()]
+
+    async def _referenced(self, message: discord.Message) -> discord.Message | None:
+        """The message ``message`` replies to: from the payload, the cache, or the API."""
+        reference = message.reference
+        if reference is None or reference.message_id is None:
+            return None
+        if isinstance(reference.resolved, discord.Message):
+            return reference.resolved
+        cached = self.bot.get_cached_message(reference.message_id)
+        if cached is not None:
+            return cached
+        channel = message.channel
+        if reference.channel_id != channel.id:
+            found = self.bot.get_channel(reference.channel_id)
+            if not isinstance(found, discord.abc.Messageable):
+                return None
+            channel = found
+        try:
+            return await channel.fetch_message(reference.message_id)
+        except (discord.NotFound, discord.Forbidden):
+            return None
+
+
+def is_chat_answer(message: discord.Message, bot_id: int) -> bool:
+    """Whether ``message`` is one of our chat answers (they always reply to something)."""
+    return (
+        message.author.id == bot_id and message.reference is not None and message.interaction_metadata is None
+    )
+
+
+def readable_content(message: discord.Message, bot: commands.Bot) -> str:
+    """The message text for the model: our own mention removed, other mentions as readable names."""
+    me = bot.user
+    text = message.content
+    if me is not None:
+        text = re.sub(rf"<@!?{me.id}>", "", text)
+    guild = message.guild
+
+    def user_name(match: re.Match[str]) -> str:
+        user_id = int(match.group(1))
+        user = discord.utils.get(message.mentions, id=user_id) or (
+            guild.get_member(user_id) if guild else None
+        )
+        return f"@{user.display_name}" if user is not None else "@someone"
+
+    def role_name(match: re.Match[str]) -> str:
+        role = guild.get_role(int(match.group(1))) if guild else None
+        return f"@{role.name}" if role is not None else "@role"
+
+    def channel_name(match: re.Match[str]) -> str:
+        channel = bot.get_channel(int(match.group(1)))
+        return f"#{getattr(channel, 'name', 'channel')}"
+
+    text = USER_MENTION.sub(user_name, text)
+    text = ROLE_MENTION.sub(role_name, text)
+    text = CHANNEL_MENTION.sub(channel_name, text)
+    return text.strip()
+
+
+async def setup(bot: LLMBot) -> None:
+    await bot.add_cog(Chat(bot))

@@ -1,0 +1,200 @@
+"""Showing a model reply on Discord while it is generated.
+
+A :class:`StreamedReply` owns one renderer task. The producer (the chat cog) feeds it text with
+:meth:`~StreamedReply.append`, which never blocks, so a slow Discord never slows the model stream down;
+the renderer coalesces whatever arrived into at most one edit per message per ``edit_interval``, and
+every write goes through the channel's :class:`~bot.ratelimit.RateBudget`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from types import TracebackType
+
+import discord
+
+from bot.chat.text import clean_output, hide_reasoning, split_message
+from bot.ratelimit import ChannelBudgets, WriteKind
+
+log = logging.getLogger(__name__)
+
+EMPTY_REPLY = "*(the model returned an empty reply)*"
+# Discord shows "is typing…" for about 10 s after each trigger.
+TYPING_REFRESH_SECONDS = 8.0
+
+
+class StreamedReply:
+    """A reply to ``origin``, shown as one or more messages that are edited as the text grows.
+
+    Use as ``async with StreamedReply(...) as reply:``, call :meth:`append` per chunk, then :meth:`finish`
+    (or :meth:`fail` with a note); leaving the block waits until the final text has landed on Discord.
+    If Discord refuses a write (message deleted, channel gone, permission removed), :attr:`broken` is set
+    and the producer should stop generating.
+    """
+
+    def __init__(
+        self,
+        origin: discord.Message,
+        budgets: ChannelBudgets,
+        *,
+        edit_interval: float,
+        mentions: discord.AllowedMentions,
+        transform: Callable[[str], str] = clean_output,
+    ) -> None:
+        self._origin = origin
+        self._channel = origin.channel
+        self._budgets = budgets
+        self._edit_interval = edit_interval
+        self._mentions = mentions
+        self._transform = transform
+        self._parts: list[str] = []
+        self._note = ""
+        self._final = False
+        self._changed = asyncio.Event()
+        self._first_text = asyncio.Event()
+        self._messages: list[discord.Message] = []
+        self._shown: list[str] = []
+        self._edited_at: list[float] = []
+        self._renderer: asyncio.Task[None] | None = None
+        self._typing: asyncio.Task[None] | None = None
+        self.broken: discord.HTTPException | None = None
+        #: ``loop.time()`` when the first text became visible, for the reply's log line.
+        self.first_visible_at: float | None = None
+
+    @property
+    def text(self) -> str:
+        """The raw model text received so far."""
+        return "".join(self._parts)
+
+    @property
+    def messages(self) -> list[discord.Message]:
+        """The messages posted so far, in order."""
+        return list(self._messages)
+
+    async def __aenter__(self) -> StreamedReply:
+        self._typing = asyncio.create_task(self._keep_typing(), name="chat-typing")
+        self._renderer = asyncio.create_task(self._render(), name="chat-render")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._renderer is not None and self._typing is not None
+        if exc is None or isinstance(exc, Exception):
+            if not self._final:
+                # The producer left without saying how it ended: show what there is, marked as cut off.
+                self.fail("the reply was interrupted")
+            with contextlib.suppress(Exception):  # the renderer logs its own failures
+                await self._renderer
+        else:  # cancelled or shutting down: stop at once
+            self._renderer.cancel()
+        self._typing.cancel()
+        await asyncio.gather(self._renderer, self._typing, return_exceptions=True)
+
+    def append(self, text: str) -> None:
+        """Add model text; the renderer shows it at its next turn."""
+        if self._final:
+            raise RuntimeError("the reply is already finished")
+        self._parts.append(text)
+        self._changed.set()
+
+    def finish(self) -> None:
+        """The reply is complete: show the final text."""
+        self._final = True
+        self._changed.set()
+
+    def fail(self, note: str) -> None:
+        """The reply ended in an error: keep what arrived and add ``note`` (shown in italics)."""
+        self._note = f"⚠️ *{note}*"
+        self.finish()
+
+    def _chunks(self) -> list[str]:
+        final = self._final
+        body = hide_reasoning(self._transform(self.text), final=final).strip()
+        if self._note:
+            body = f"{body}\n\n{self._note}" if body else self._note
+        elif final and not body:
+            body = EMPTY_REPLY
+        return split_message(body) if body else []
+
+    async def _render(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                # Coalesce: wait until every message that needs an edit may be edited again.
+                due = [self._edited_at[i] + self._edit_interval for i in self._pending()]
+                delay = max(due, default=0.0) - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._flush()
+                if self._final and not self._pending() and self._shown:
+                    return
+        except discord.HTTPException as exc:
+            self.broken = exc
+            log.warning(
+                "stopped streaming reply channel=%s origin=%s: Discord refused a write (%s %s)",
+                self._channel.id,
+                self._origin.id,
+                exc.status,
+                exc.code,
+            )
+
+    def _pending(self) -> list[int]:
+        """Indexes of messages whose shown text differs from what they should show now."""
+        chunks = self._chunks()
+        return [i for i in range(min(len(chunks), len(self._shown))) if chunks[i] != self._shown[i]]
+
+    async def _flush(self) -> None:
+        """Bring every message up to date with the current text, in order, through the rate budgets."""
+        loop = asyncio.get_running_loop()
+        index = 0
+        while True:
+            chunks = self._chunks()
+            if index >= len(chunks):
+                return
+            if index < len(self._shown) and chunks[index] == self._shown[index]:
+                index += 1
+                continue
+            kind: WriteKind = "edit" if index < len(self._messages) else "create"
+            await self._budgets.get(self._channel.id, kind).acquire(urgent=self._final)
+            content = self._chunks()[index]  # the freshest text, now that the write is allowed
+            if kind == "edit":
+                self._messages[index] = await self._messages[index].edit(
+                    content=content, allowed_mentions=self._mentions
+                )
+                self._shown[index] = content
+                self._edited_at[index] = loop.time()
+            else:
+                self._messages.append(await self._post(content))
+                self._shown.append(content)
+                self._edited_at.append(loop.time())
+                if self.first_visible_at is None:
+                    self.first_visible_at = loop.time()
+                    self._first_text.set()
+            index += 1
+
+    async def _post(self, content: str) -> discord.Message:
+        # The first message replies to the question; later ones reply to the previous part, so the
+        # reply chain (which is the conversation's memory) runs through every part in order.
+        previous = self._messages[-1] if self._messages else self._origin
+        return await self._channel.send(
+            content,
+            reference=previous.to_reference(fail_if_not_exists=False),
+            allowed_mentions=self._mentions,
+        )
+
+    async def _keep_typing(self) -> None:
+        """Show "typing…" until the first text is visible (a failed trigger just means no indicator)."""
+        while not self._first_text.is_set() and not self._final:
+            try:
+                await self._channel.typing()
+            except discord.HTTPException as exc:
+                log.debug("typing indicator refused in channel %s: %s", self._channel.id, exc)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_text.wait(), TYPING_REFRESH_SECONDS)

@@ -1,0 +1,267 @@
+"""Chat end to end: the real bot, the Discord emulator and the fake Ollama server, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.discord_server import DiscordEmulator
+from tests.fakes.ollama_server import FakeOllamaServer
+from tests.harness import EmulatorControl, FakeOllamaControl, make_config, running_bot, wait_until
+
+FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})", re.MULTILINE)
+
+
+async def final_reply(
+    api: EmulatorControl,
+    channel: str,
+    after: str,
+    expected_parts: int | None = None,
+    *,
+    contains: str = "",
+    within: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Wait until the bot's reply to message ``after`` has settled, and return its messages."""
+
+    async def settled() -> list[dict[str, Any]] | None:
+        replies = await api.bot_replies(channel, after=after)
+        if not replies or (expected_parts is not None and len(replies) < expected_parts):
+            return None
+        text = "\n".join(m["content"] for m in replies)
+        return replies if contains in text else None
+
+    return await wait_until(settled, within=within)
+
+
+def chat_requests(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in requests if r["path"] == "/api/chat"]
+
+
+def conversation(request: dict[str, Any]) -> list[tuple[str, str]]:
+    """(role, content) of a model request, without the system prompt."""
+    return [(m["role"], m["content"]) for m in request["body"]["messages"] if m["role"] != "system"]
+
+
+async def test_mention_gets_a_streamed_reply_equal_to_the_model_text(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl, http: Any
+) -> None:
+    answer = " ".join(f"word{i}" for i in range(60)) + "."
+    async with FakeOllamaServer(models=["llama2"], tokens_per_second=60) as slow:
+        slow.script("llama2", [answer])
+        config = make_config(tmp_path, emulator.url, [slow.url], chat={"edit_interval": 0.25})
+        async with running_bot(config):
+            question = await discord_api.mention("general", "alice", "tell me something")
+            replies = await final_reply(discord_api, "general", question["id"], contains="word59.")
+        request = chat_requests(slow.requests)[-1]
+    assert [m["content"] for m in replies] == [answer]
+    reply = replies[0]
+    # Streamed: posted early, then edited as text arrived, the last version being the whole answer.
+    assert len(reply["history"]) >= 3
+    assert reply["history"][0]["content"] != answer
+    assert reply["history"][-1]["content"] == answer
+    assert reply["message_reference"]["message_id"] == question["id"]
+    # The bot's own mention was stripped from the prompt; the model options are the configured ones.
+    assert conversation(request) == [("user", "tell me something")]
+    assert request["body"]["model"] == "llama2"
+    assert request["body"]["options"] == {"temperature": 0.7, "num_predict": 500, "num_ctx": 4096}
+    typing = [
+        r for r in await discord_api.requests() if r["method"] == "POST" and r["path"].endswith("/typing")
+    ]
+    assert typing, "the typing indicator was never shown"
+
+
+async def test_reply_chain_is_the_conversation(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    discord_api: EmulatorControl,
+) -> None:
+    ollama.script("llama2", ["answer one", "answer two", "answer three"])
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url])):
+        q1 = await discord_api.mention("general", "alice", "question one")
+        (a1,) = await final_reply(discord_api, "general", q1["id"], contains="answer one")
+        # Replying to the bot continues the conversation without a new mention.
+        q2 = await discord_api.say("general", "alice", "question two", reply_to=a1["id"])
+        (a2,) = await final_reply(discord_api, "general", q2["id"], contains="answer two")
+        q3 = await discord_api.say("general", "alice", "question three", reply_to=a2["id"])
+        await final_reply(discord_api, "general", q3["id"], contains="answer three")
+    assert conversation(chat_requests(ollama.requests)[-1]) == [
+        ("user", "question one"),
+        ("assistant", "answer one"),
+        ("user", "question two"),
+        ("assistant", "answer two"),
+        ("user", "question three"),
+    ]
+
+
+async def test_two_people_at_once_keep_separate_histories(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["llama2"], tokens_per_second=200, num_parallel=2) as fake:
+        async with running_bot(
+            make_config(tmp_path, emulator.url, [fake.url], backends={"max_concurrent": 2})
+        ):
+            qa, qb = await asyncio.gather(
+                discord_api.mention("general", "alice", "alice asks about cats"),
+                discord_api.mention("general", "bob", "bob asks about dogs"),
+            )
+            (aa,), (ab,) = await asyncio.gather(
+                final_reply(discord_api, "general", qa["id"], within=15),
+                final_reply(discord_api, "general", qb["id"], within=15),
+            )
+            qa2, qb2 = await asyncio.gather(
+                discord_api.say("general", "alice", "and kittens?", reply_to=aa["id"]),
+                discord_api.say("general", "bob", "and puppies?", reply_to=ab["id"]),
+            )
+            await asyncio.gather(
+                final_reply(discord_api, "general", qa2["id"], within=15),
+                final_reply(discord_api, "general", qb2["id"], within=15),
+            )
+        requests = chat_requests(fake.requests)
+    followups = {conversation(r)[-1][1]: conversation(r) for r in requests if len(conversation(r)) > 1}
+    alice, bob = followups["and kittens?"], followups["and puppies?"]
+    assert [c for _, c in alice if "dogs" in c or "puppies" in c] == []
+    assert [c for _, c in bob if "cats" in c or "kittens" in c] == []
+    assert alice[0] == ("user", "alice asks about cats") and bob[0] == ("user", "bob asks about dogs")
+
+
+async def test_long_reply_arrives_whole_with_balanced_fences(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    code = "\n".join(f"    total += compute({i})  # step {i}" for i in range(60))
+    prose = " ".join(f"sentence{i} goes here." for i in range(120))
+    answer = f"Intro paragraph.\n\n{prose}\n\n```python\ndef main():\n{code}\n```\n\n{prose} The end."
+    assert len(answer) > 5000
+    ollama.script("llama2", [answer])
+    config = make_config(tmp_path, emulator.url, [ollama.url], chat={"max_tokens": 5000})
+    async with running_bot(config):
+        question = await discord_api.mention("general", "alice", "write a lot")
+        replies = await final_reply(discord_api, "general", question["id"], contains="The end.", within=20)
+    contents = [m["content"] for m in replies]
+    assert len(contents) >= 3
+    assert all(len(c) <= 2000 for c in contents)
+    for content in contents:
+        assert len(FENCE.findall(content)) % 2 == 0, content
+    assert any(c.startswith("```python\n") for c in contents[1:]), (
+        "a split code block is reopened with its tag"
+    )
+    added = re.compile(r"\n```$|^```python\n")
+    rejoined = "".join("".join(added.sub("", c).split()) for c in contents)
+    assert rejoined == "".join(answer.split())
+    # Every part after the first replies to the previous part, so the chain stays one conversation.
+    for previous, part in itertools.pairwise(replies):
+        assert part["message_reference"]["message_id"] == previous["id"]
+
+
+async def test_mentions_in_model_output_ping_nobody(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    bob = discord_api.user("bob")
+    roles = discord_api.state.get("roles", {})
+    role_mentions = " ".join(f"<@&{role_id}>" for role_id in roles.values())
+    ollama.script("llama2", [f"@everyone @here look at <@{bob}> and <@!{bob}> {role_mentions}!"])
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url])):
+        question = await discord_api.mention("general", "alice", "ping everyone please")
+        replies = await final_reply(discord_api, "general", question["id"], contains="look at")
+    assert replies[0]["content"].startswith("@everyone @here")
+    assert [m["pinged"] for m in replies] == [[]]
+    assert replies[0]["allowed_mentions"]["parse"] == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("unreachable", "can't reach the model server"),
+        ("model_not_found", "`llama9` is not installed"),
+        ("busy", "busy"),
+        ("timeout", "did not answer in time"),
+        ("cut_off", "cut off"),
+    ],
+)
+async def test_each_failure_gets_a_specific_message_within_seconds(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    ollama_control: FakeOllamaControl,
+    discord_api: EmulatorControl,
+    setup: str,
+    expected: str,
+) -> None:
+    backend_url = ollama.url
+    chat: dict[str, Any] = {"first_token_timeout": 1.0}
+    if setup == "unreachable":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            backend_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    elif setup == "model_not_found":
+        chat["model"] = "llama9"
+    elif setup == "busy":
+        await ollama_control.fault(kind="status", status=503, count=10)
+    elif setup == "timeout":
+        await ollama_control.fault(kind="hang")
+    elif setup == "cut_off":
+        await ollama_control.script("llama2", "the first words and then more words")
+        await ollama_control.fault(kind="die_mid_stream", after_tokens=3)
+    async with running_bot(make_config(tmp_path, emulator.url, [backend_url], chat=chat)):
+        started = asyncio.get_running_loop().time()
+        question = await discord_api.mention("general", "alice", "hello?")
+        replies = await final_reply(discord_api, "general", question["id"], contains="⚠️", within=8)
+        elapsed = asyncio.get_running_loop().time() - started
+    text = replies[-1]["content"]
+    assert expected in text, text
+    assert "Traceback" not in text
+    assert elapsed < 6
+    if setup == "cut_off":
+        assert text.startswith("the first words"), "the partial text is kept"
+
+
+async def test_conversation_survives_a_restart(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    ollama.script("llama2", ["first answer", "second answer"])
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url])) as runner:
+        q1 = await discord_api.mention("general", "alice", "remember the word banana")
+        (a1,) = await final_reply(discord_api, "general", q1["id"], contains="first answer")
+        await runner.restart()  # a fresh process would have an empty message cache too
+        assert runner.bot is not None and not runner.bot.cached_messages
+        q2 = await discord_api.say("general", "alice", "what was the word?", reply_to=a1["id"])
+        await final_reply(discord_api, "general", q2["id"], contains="second answer")
+    assert conversation(chat_requests(ollama.requests)[-1]) == [
+        ("user", "remember the word banana"),
+        ("assistant", "first answer"),
+        ("user", "what was the word?"),
+    ]
+
+
+async def test_one_stream_per_user_and_a_note_instead_of_a_queue(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["llama2"], tokens_per_second=40) as slow:
+        slow.script("llama2", ["slow " * 80])
+        async with running_bot(make_config(tmp_path, emulator.url, [slow.url])):
+            first = await discord_api.mention("general", "alice", "long one")
+            await wait_until(lambda: discord_api.bot_replies("general", after=first["id"]))
+            second = await discord_api.mention("general", "alice", "another")
+            (note,) = await final_reply(
+                discord_api, "general", second["id"], contains="one question at a time"
+            )
+    assert note["message_reference"]["message_id"] == second["id"]
+    assert len(chat_requests(slow.requests)) == 1
+
+
+async def test_messages_not_for_the_bot_are_ignored(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    ollama.script("llama2", ["only this one"])
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url])):
+        await discord_api.say("general", "alice", "just chatting, no mention")
+        await discord_api.say("general", "bob", f"<@{discord_api.user('alice')}> hi alice")
+        question = await discord_api.mention("general", "alice", "now you")
+        await final_reply(discord_api, "general", question["id"], contains="only this one")
+    assert len(chat_requests(ollama.requests)) == 1

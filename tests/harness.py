@@ -1,0 +1,259 @@
+"""End-to-end harness: the real bot (the ``python -m bot`` composition path) against the stand-ins.
+
+The bot runs in the test's event loop through :func:`bot.__main__.open_bot`, exactly as ``python -m bot``
+builds it, and talks to the Discord emulator and the fake Ollama server over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import discord
+import httpx
+
+from bot.__main__ import open_bot
+from bot.bot import LLMBot
+from bot.config import BackendConfig, BlogConfig, ChatConfig, Config, DatabaseConfig, DiscordConfig
+
+T = TypeVar("T")
+
+TOKEN = "test-token-not-a-secret-0123456789"
+
+
+def make_config(
+    tmp_path: Path,
+    emulator_url: str,
+    backend_urls: Sequence[str],
+    *,
+    chat: dict[str, Any] | None = None,
+    blog: dict[str, Any] | None = None,
+    backends: dict[str, Any] | None = None,
+) -> Config:
+    """A config pointing at the stand-ins, with test-friendly defaults and any overrides."""
+    return Config(
+        discord=DiscordConfig(
+            api_base=f"{emulator_url}/api/v10",
+            gateway_url=emulator_url.replace("http://", "ws://") + "/",
+            guild_ready_timeout=0.05,
+        ),
+        database=DatabaseConfig(path=str(tmp_path / "bot.sqlite3")),
+        backends=tuple(
+            BackendConfig(url=url, name=f"backend{index}", **(backends or {}))
+            for index, url in enumerate(backend_urls)
+        ),
+        chat=dataclasses.replace(
+            ChatConfig(), **{"cooldown_seconds": 0.0, "edit_interval": 0.3, **(chat or {})}
+        ),
+        blog=dataclasses.replace(BlogConfig(), **(blog or {})),
+    )
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail loudly after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            result = await probe()
+            if result:
+                return result
+            await asyncio.sleep(interval)
+
+
+class EmulatorControl:
+    """The emulator's control API (``/_emulator/...``), as tests and benchmarks use it."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient) -> None:
+        self.url = url
+        self._http = http
+        self.state: dict[str, Any] = {}
+
+    async def refresh(self) -> dict[str, Any]:
+        response = await self._http.get(f"{self.url}/_emulator/state")
+        response.raise_for_status()
+        self.state = response.json()
+        return self.state
+
+    def channel(self, name: str) -> str:
+        return str(self.state["channels"][name])
+
+    def user(self, name: str) -> str:
+        return str(self.state["users"][name])
+
+    @property
+    def bot_id(self) -> str:
+        return str(self.state["bot_user_id"])
+
+    async def say(
+        self, channel: str, author: str, content: str, reply_to: str | None = None
+    ) -> dict[str, Any]:
+        """Post a message as ``author`` (a user name) in ``channel`` (a channel name)."""
+        body: dict[str, Any] = {
+            "channel_id": self.channel(channel),
+            "author_id": self.user(author),
+            "content": content,
+        }
+        if reply_to is not None:
+            body["reply_to"] = reply_to
+        response = await self._http.post(f"{self.url}/_emulator/messages", json=body)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def mention(
+        self, channel: str, author: str, text: str, reply_to: str | None = None
+    ) -> dict[str, Any]:
+        return await self.say(channel, author, f"<@{self.bot_id}> {text}", reply_to)
+
+    async def messages(self, channel: str) -> list[dict[str, Any]]:
+        response = await self._http.get(f"{self.url}/_emulator/channels/{self.channel(channel)}/messages")
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    async def bot_replies(self, channel: str, after: str | None = None) -> list[dict[str, Any]]:
+        """The bot's messages in ``channel`` (posted after message id ``after``), oldest first."""
+        return [
+            m
+            for m in await self.messages(channel)
+            if str(m["author"]["id"]) == self.bot_id and (after is None or int(m["id"]) > int(after))
+        ]
+
+    async def fault(self, **fault: Any) -> None:
+        response = await self._http.post(f"{self.url}/_emulator/faults", json=fault)
+        response.raise_for_status()
+
+    async def invoke(
+        self, channel: str, user: str, command: str, bypass_permissions: bool = False, **options: Any
+    ) -> dict[str, Any]:
+        """Run a slash command as ``user``; returns ``{"interaction_id", "token"}``."""
+        body: dict[str, Any] = {
+            "channel_id": self.channel(channel),
+            "user_id": self.user(user),
+            "command": command,
+            "options": options,
+        }
+        if bypass_permissions:
+            body["bypass_permissions"] = True
+        response = await self._http.post(f"{self.url}/_emulator/interactions", json=body)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def interaction(self, interaction_id: str) -> dict[str, Any]:
+        response = await self._http.get(f"{self.url}/_emulator/interactions/{interaction_id}")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def answered(self, interaction_id: str) -> dict[str, Any]:
+        """Wait for the interaction's first callback; returns the interaction record."""
+
+        async def probe() -> dict[str, Any] | None:
+            record = await self.interaction(interaction_id)
+            return record if record["callbacks"] else None
+
+        return await wait_until(probe)
+
+    async def requests(self) -> list[dict[str, Any]]:
+        response = await self._http.get(f"{self.url}/_emulator/requests")
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+
+class FakeOllamaControl:
+    """The fake Ollama server's control API (``/_fake/...``)."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient) -> None:
+        self.url = url
+        self._http = http
+
+    async def script(self, model: str, *replies: str) -> None:
+        response = await self._http.post(
+            f"{self.url}/_fake/script", json={"model": model, "replies": list(replies)}
+        )
+        response.raise_for_status()
+
+    async def fault(self, **fault: Any) -> None:
+        response = await self._http.post(f"{self.url}/_fake/faults", json=fault)
+        response.raise_for_status()
+
+    async def requests(self) -> list[dict[str, Any]]:
+        response = await self._http.get(f"{self.url}/_fake/requests")
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+
+class RunningBot:
+    """The product bot running in this event loop; :meth:`restart` keeps the same config and database."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bot: LLMBot | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+
+    async def start(self) -> LLMBot:
+        ready: asyncio.Future[LLMBot] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            async with open_bot(self.config) as bot:
+                self.bot = bot
+                starting = asyncio.create_task(bot.start(TOKEN))
+                try:
+                    await bot.wait_until_ready()
+                    ready.set_result(bot)
+                    await starting
+                finally:
+                    starting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await starting
+
+        self._task = asyncio.create_task(run(), name="bot-under-test")
+        done, _ = await asyncio.wait({self._task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            self._task.result()  # re-raise the start-up failure
+        if ready not in done:
+            raise TimeoutError("the bot did not become ready within 10 s")
+        return ready.result()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            self.bot = None
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = self._saved
+
+    async def restart(self) -> LLMBot:
+        await self.stop()
+        return await self.start()
+
+
+@contextlib.asynccontextmanager
+async def running_bot(config: Config) -> AsyncIterator[RunningBot]:
+    runner = RunningBot(config)
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+__all__ = [
+    "TOKEN",
+    "EmulatorControl",
+    "FakeOllamaControl",
+    "RunningBot",
+    "make_config",
+    "running_bot",
+    "wait_until",
+]
