@@ -1,0 +1,436 @@
+"""``/blog``: queue a long article generation, show its progress, post the result as a Markdown file.
+
+The command answers at once (the job is committed first); a :class:`~bot.blog.worker.BlogWorker` runs the
+queue; this cog shows each job's progress by editing its status message, and posts the finished article
+in the channel (never through the interaction token, which expires after 15 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.blog.article import (
+    DEFAULT_TARGET_LENGTH,
+    STYLES,
+    TONES,
+    InvalidRequest,
+    normalise_tags,
+    validate_choice,
+    validate_target_length,
+    validate_topic,
+)
+from bot.blog.store import BlogRequest, Job, JobState, JobStore, QuotaExceeded, Quotas, replace
+from bot.blog.worker import BlogWorker, DeliveryFailed
+
+if TYPE_CHECKING:
+    from bot.bot import LLMBot
+
+log = logging.getLogger(__name__)
+
+PROGRESS_BAR_WIDTH = 12
+RECOVERY_HISTORY_LIMIT = 100
+
+
+def delivery_nonce(job_id: int) -> str:
+    """The nonce for a job's post: Discord returns the existing message for a repeated nonce (≤ 25 chars)."""
+    return f"blog-{job_id}"
+
+
+def delivery_marker(job_id: int) -> str:
+    """The start of a job's post, so it can be recognised in the channel's history after a crash."""
+    return f"📝 Blog post #{job_id} "
+
+
+def render_status(job: Job, *, position: int | None = None, now: float | None = None) -> str:
+    """The status message text for ``job``."""
+    now = time.time() if now is None else now
+    head = f"**Blog post #{job.id}** — *{discord.utils.escape_markdown(job.topic)}*"
+    if job.state is JobState.QUEUED:
+        where = f"position {position} in the queue" if position else "in the queue"
+        line = f"⏳ {head}\nQueued ({where}). The article will be posted here when it is ready."
+        if job.attempts:
+            line += f"\nLast try failed: {job.error}. Trying again (attempt {job.attempts + 1})."
+        return line
+    if job.state is JobState.RUNNING:
+        started = job.started_at or now
+        elapsed = max(0.0, now - started)
+        fraction = min(1.0, job.progress_words / job.target_length) if job.target_length else 0.0
+        filled = round(fraction * PROGRESS_BAR_WIDTH)
+        bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
+        estimate = ""
+        if 0 < job.progress_words < job.target_length and elapsed > 1:
+            remaining = elapsed / job.progress_words * (job.target_length - job.progress_words)
+            estimate = f" · about {_duration(remaining)} left"
+        return (
+            f"✍️ {head}\nWriting with `{job.model}`: `{bar}` {fraction:.0%} "
+            f"({job.progress_words} / {job.target_length} words) · {_duration(elapsed)} elapsed{estimate}"
+        )
+    if job.state is JobState.GENERATED:
+        return f"📦 {head}\nWritten ({job.word_count} words); posting it…"
+    if job.state is JobState.DELIVERED:
+        return f"✅ {head}\nDone ({job.word_count} words): the article is {_message_link(job)}."
+    if job.state is JobState.FAILED:
+        return f"❌ {head}\nFailed: {job.error}"
+    return f"🚫 {head}\nCancelled."
+
+
+def _message_link(job: Job) -> str:
+    if job.guild_id is None or job.delivered_message_id is None:
+        return "posted above"
+    return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.delivered_message_id}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class StatusBoard:
+    """Keeps every job's status message up to date, through the channel rate budgets.
+
+    ``job_changed`` only records the newest snapshot and wakes the renderer, so the worker never waits on
+    Discord. The renderer edits each message at most once per ``interval`` (a final state goes at once).
+    """
+
+    def __init__(self, bot: LLMBot, store: JobStore, interval: float) -> None:
+        self._bot = bot
+        self._store = store
+        self._interval = interval
+        self._latest: dict[int, Job] = {}
+        self._shown: dict[int, str] = {}
+        self._edited_at: dict[int, float] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="blog-status-board")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def job_changed(self, job: Job) -> None:
+        self._latest[job.id] = job
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            positions = (
+                await self._store.queue_positions()
+                if any(job.state is JobState.QUEUED for job in self._latest.values())
+                else {}
+            )
+            loop_time = time.monotonic()
+            next_due: float | None = None
+            for job_id, job in list(self._latest.items()):
+                final = job.state.terminal
+                if not final and loop_time - self._edited_at.get(job_id, 0.0) < self._interval:
+                    due = self._edited_at[job_id] + self._interval
+                    next_due = due if next_due is None else min(next_due, due)
+                    continue
+                del self._latest[job_id]
+                await self._show(job, positions.get(job_id), urgent=final)
+                if final:
+                    self._shown.pop(job_id, None)
+                    self._edited_at.pop(job_id, None)
+            if next_due is not None:
+                await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+                self._wakeup.set()
+
+    async def _show(self, job: Job, position: int | None, *, urgent: bool) -> None:
+        if job.status_message_id is None:
+            return
+        text = render_status(job, position=position)
+        if self._shown.get(job.id) == text:
+            return
+        await self._bot.budgets.get(job.channel_id, "edit").acquire(urgent=urgent)
+        message = self._bot.get_partial_messageable(job.channel_id).get_partial_message(job.status_message_id)
+        try:
+            await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            # The status message is a courtesy: the job itself is unaffected if it can't be updated.
+            log.info("could not update the status of blog job %d: %s", job.id, exc)
+        self._shown[job.id] = text
+        self._edited_at[job.id] = time.monotonic()
+
+
+class Blog(commands.Cog):
+    """Blog post generation."""
+
+    blog = app_commands.Group(
+        name="blog", description="Write blog posts with the local model", guild_only=True
+    )
+
+    def __init__(self, bot: LLMBot) -> None:
+        self.bot = bot
+        self.config = bot.config.blog
+        self.store = JobStore(bot.db)
+        self.board = StatusBoard(bot, self.store, self.config.progress_interval)
+        self.worker = BlogWorker(
+            self.store, bot.pool, self, self.config, paused_guilds=bot.settings.paused_guilds
+        )
+
+    async def cog_load(self) -> None:
+        if self.bot.background_work:
+            self.board.start()
+            self.worker.start()
+
+    async def cog_unload(self) -> None:
+        await self.worker.stop()
+        await self.board.stop()
+
+    # -- commands --------------------------------------------------------------------------------------
+
+    @blog.command(name="new")
+    @app_commands.describe(
+        topic="What the post is about (3–300 characters)",
+        style="The kind of post",
+        tone="How it should sound",
+        target_length="About how many words (300–5000)",
+        tags="Comma-separated keywords, e.g. python, async",
+    )
+    @app_commands.choices(
+        style=[app_commands.Choice(name=style, value=style) for style in STYLES],
+        tone=[app_commands.Choice(name=tone, value=tone) for tone in TONES],
+    )
+    async def new(
+        self,
+        interaction: discord.Interaction,
+        topic: app_commands.Range[str, 3, 300],
+        style: str = "technical",
+        tone: str = "professional",
+        target_length: app_commands.Range[int, 300, 5000] = DEFAULT_TARGET_LENGTH,
+        tags: str | None = None,
+    ) -> None:
+        """Queue a blog post; it is posted here as a Markdown file when ready."""
+        settings = self.bot.settings.get(interaction.guild_id)
+        channel_id = interaction.channel_id or 0
+        if not settings.allows_blog_in(channel_id, getattr(interaction.channel, "parent_id", None)):
+            places = ", ".join(f"<#{channel}>" for channel in settings.blog_channels)
+            await interaction.response.send_message(f"⚠️ Use `/blog` in {places}.", ephemeral=True)
+            return
+        try:
+            request = BlogRequest(
+                guild_id=interaction.guild_id,
+                channel_id=channel_id,
+                user_id=interaction.user.id,
+                topic=validate_topic(topic),
+                style=validate_choice("style", style, STYLES),
+                tone=validate_choice("tone", tone, TONES),
+                target_length=validate_target_length(target_length),
+                tags=normalise_tags(tags),
+                model=settings.blog_model or self.config.model,
+            )
+        except InvalidRequest as exc:
+            await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True)
+            return
+        quotas = Quotas(
+            per_user=settings.blog_quota or self.config.max_queued_per_user,
+            per_guild=self.config.max_queued_per_guild,
+            total=self.config.max_queued_total,
+        )
+        try:
+            # Committed before we say "queued": a crash after this line loses nothing.
+            job = await self.store.enqueue(request, quotas)
+        except QuotaExceeded as exc:
+            await interaction.response.send_message(_quota_message(exc), ephemeral=True)
+            return
+        positions = await self.store.queue_positions()
+        callback = await interaction.response.send_message(
+            render_status(job, position=positions.get(job.id)),
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        log.info(
+            "blog job %d queued guild=%s user=%s target=%d",
+            job.id,
+            job.guild_id,
+            job.user_id,
+            job.target_length,
+        )
+        if isinstance(callback.resource, discord.InteractionMessage):
+            await self.store.set_status_message(job.id, callback.resource.id)
+        self.worker.notify()
+
+    @blog.command(name="status")
+    @app_commands.describe(job="The job number (default: your latest)")
+    async def status(self, interaction: discord.Interaction, job: int | None = None) -> None:
+        """Show how a blog post is coming along."""
+        found = await self._visible_job(interaction, job)
+        if found is None:
+            return
+        positions = await self.store.queue_positions()
+        await interaction.response.send_message(
+            render_status(self._with_live_progress(found), position=positions.get(found.id)), ephemeral=True
+        )
+
+    @blog.command(name="list")
+    async def list_jobs(self, interaction: discord.Interaction) -> None:
+        """List your blog posts in this server."""
+        jobs = await self.store.list_jobs(
+            guild_id=interaction.guild_id, user_id=interaction.user.id, limit=10
+        )
+        if not jobs:
+            await interaction.response.send_message("You have no blog posts here yet.", ephemeral=True)
+            return
+        positions = await self.store.queue_positions()
+        lines = [_list_line(job, positions.get(job.id)) for job in jobs]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @blog.command(name="cancel")
+    @app_commands.describe(job="The job number to cancel")
+    async def cancel(self, interaction: discord.Interaction, job: int) -> None:
+        """Cancel a queued or running blog post (yours, or any with Manage Messages)."""
+        found = await self._visible_job(interaction, job)
+        if found is None:
+            return
+        cancelled = await self.store.cancel(found.id)
+        if cancelled is None:
+            await interaction.response.send_message(
+                f"Blog post #{found.id} has already finished ({found.state}).", ephemeral=True
+            )
+            return
+        stopped = self.worker.stop_generation(cancelled.id)
+        log.info(
+            "blog job %d cancelled by user=%s (generation stopped: %s)",
+            found.id,
+            interaction.user.id,
+            stopped,
+        )
+        self.job_changed(cancelled)
+        await interaction.response.send_message(f"Blog post #{found.id} is cancelled.", ephemeral=True)
+
+    async def _visible_job(self, interaction: discord.Interaction, job_id: int | None) -> Job | None:
+        """The job a member may see: their own, or any in this server for a moderator. Answers if none."""
+        if job_id is None:
+            mine = await self.store.list_jobs(
+                guild_id=interaction.guild_id, user_id=interaction.user.id, limit=1
+            )
+            job = mine[0] if mine else None
+        else:
+            job = await self.store.get(job_id)
+        moderator = isinstance(interaction.user, discord.Member) and (
+            interaction.user.guild_permissions.manage_messages
+        )
+        if (
+            job is None
+            or job.guild_id != interaction.guild_id
+            or (job.user_id != interaction.user.id and not moderator)
+        ):
+            what = f"blog post #{job_id}" if job_id is not None else "a blog post of yours"
+            await interaction.response.send_message(f"I can't find {what} in this server.", ephemeral=True)
+            return None
+        return job
+
+    def _with_live_progress(self, job: Job) -> Job:
+        progress = self.worker.progress.get(job.id)
+        if progress is None or job.state is not JobState.RUNNING:
+            return job
+        return replace(job, progress_words=progress.words)
+
+    # -- Delivery (called by the worker) ---------------------------------------------------------------
+
+    def job_changed(self, job: Job) -> None:
+        self.board.job_changed(job)
+
+    async def deliver(self, job: Job) -> int:
+        """Post the article in the job's channel, exactly once; the posted message's id."""
+        assert job.article is not None and job.slug is not None
+        channel = await self._channel(job)
+        existing = await self._find_existing_post(channel, job)
+        if existing is not None:
+            log.info("blog job %d was already posted as message %d; recording it", job.id, existing)
+            return existing
+        title = discord.utils.escape_markdown(job.title or job.topic)
+        content = f"{delivery_marker(job.id)}for <@{job.user_id}>: **{title}** ({job.word_count} words)"
+        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
+        file = discord.File(io.BytesIO(job.article.encode("utf-8")), filename=f"{job.slug}.md")
+        await self.bot.budgets.get(job.channel_id, "create").acquire(urgent=True)
+        try:
+            message = await channel.send(
+                content, file=file, nonce=delivery_nonce(job.id), allowed_mentions=mentions
+            )
+        except discord.Forbidden as exc:
+            await self._tell_requester(job, "I am not allowed to post in that channel any more")
+            raise DeliveryFailed(
+                f"no permission to post in the channel ({exc.text or exc.status})", permanent=True
+            ) from None
+        except discord.NotFound:
+            await self._tell_requester(job, "the channel no longer exists")
+            raise DeliveryFailed("the channel no longer exists", permanent=True) from None
+        except discord.HTTPException as exc:
+            raise DeliveryFailed(f"Discord error {exc.status}", permanent=exc.status < 500) from None
+        return message.id
+
+    async def _channel(self, job: Job) -> discord.abc.Messageable:
+        channel = self.bot.get_channel(job.channel_id)
+        if isinstance(channel, discord.abc.Messageable):
+            return channel
+        try:
+            fetched = await self.bot.fetch_channel(job.channel_id)
+        except (discord.NotFound, discord.Forbidden):
+            await self._tell_requester(job, "the channel no longer exists")
+            raise DeliveryFailed("the channel no longer exists", permanent=True) from None
+        except discord.HTTPException as exc:
+            raise DeliveryFailed(f"Discord error {exc.status}", permanent=False) from None
+        if not isinstance(fetched, discord.abc.Messageable):
+            raise DeliveryFailed("the channel cannot hold messages", permanent=True)
+        return fetched
+
+    async def _find_existing_post(self, channel: discord.abc.Messageable, job: Job) -> int | None:
+        """After a crash between posting and recording, the post is already there: find it."""
+        me = self.bot.user
+        marker = delivery_marker(job.id)
+        try:
+            async for message in channel.history(limit=RECOVERY_HISTORY_LIMIT):
+                if (
+                    me is not None
+                    and message.author.id == me.id
+                    and message.content.startswith(marker)
+                    and any(attachment.filename == f"{job.slug}.md" for attachment in message.attachments)
+                ):
+                    return message.id
+        except discord.HTTPException as exc:
+            log.info("could not read history for blog job %d (%s); relying on the nonce", job.id, exc)
+        return None
+
+    async def _tell_requester(self, job: Job, reason: str) -> None:
+        """The article can't go where it was asked for: send it to the requester privately instead."""
+        assert job.article is not None
+        try:
+            user = self.bot.get_user(job.user_id) or await self.bot.fetch_user(job.user_id)
+            file = discord.File(io.BytesIO(job.article.encode("utf-8")), filename=f"{job.slug}.md")
+            await user.send(
+                f"Your blog post #{job.id} could not be posted ({reason}), so here it is.", file=file
+            )
+        except discord.HTTPException as exc:
+            log.info("could not send blog job %d to its requester either: %s", job.id, exc)
+
+
+def _quota_message(exc: QuotaExceeded) -> str:
+    if exc.scope == "user":
+        return f"⚠️ You already have {exc.limit} blog posts waiting. Wait for one to finish (or cancel one)."
+    if exc.scope == "guild":
+        return f"⚠️ This server already has {exc.limit} blog posts waiting. Please try again later."
+    return "⚠️ The blog queue is full right now. Please try again later."
+
+
+def _list_line(job: Job, position: int | None) -> str:
+    state = f"{job.state} (position {position})" if position else str(job.state)
+    return f"`#{job.id}` {discord.utils.escape_markdown(job.topic[:60])} — {state}"
+
+
+async def setup(bot: LLMBot) -> None:
+    await bot.add_cog(Blog(bot))

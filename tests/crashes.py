@@ -1,0 +1,200 @@
+"""The blog crash scenario, shared by ``tests/exts/test_blog_crash.py`` and ``bench/crash.py``.
+
+The bot runs as a real ``python -m bot`` subprocess against the Discord emulator and the fake Ollama
+server (both in this process). After every job is acknowledged, the bot is killed with SIGKILL at random
+moments and restarted on the same database, until every job has ended. One kill is aimed at the worst
+moment: the article's message has been created on Discord but the bot has not yet seen the reply (the
+emulator holds the response), so the bot cannot have recorded it.
+
+The verdict comes from the outside: the emulator's channel (how many article files each job got) and the
+SQLite file (every job in a terminal state, none stuck running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import signal
+import sqlite3
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.fakes.discord_server import DiscordEmulator
+from tests.fakes.ollama_server import FakeOllamaServer
+from tests.harness import TOKEN, EmulatorControl, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB_MARKER = re.compile(r"^📝 Blog post #(\d+) ")
+
+
+@dataclass
+class CrashReport:
+    jobs: int
+    kills: int
+    restarts: int
+    targeted_kill: bool
+    files_per_job: dict[int, int]
+    states: dict[int, str]
+    seconds: float
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def delivered_exactly_once(self) -> bool:
+        return all(self.files_per_job.get(job_id) == 1 for job_id in self.states) and all(
+            state == "delivered" for state in self.states.values()
+        )
+
+
+def config_text(emulator_url: str, ollama_url: str, database: Path) -> str:
+    return f"""
+[discord]
+api_base = "{emulator_url}/api/v10"
+gateway_url = "{emulator_url.replace("http://", "ws://")}/"
+guild_ready_timeout = 0.05
+[database]
+path = "{database}"
+[[backends]]
+url = "{ollama_url}"
+max_concurrent = 2
+[blog]
+workers = 2
+lease_seconds = 5.0
+progress_interval = 0.5
+retry_base_seconds = 0.2
+max_queued_per_user = 20
+max_queued_per_guild = 100
+[logging]
+level = "INFO"
+"""
+
+
+class BotProcess:
+    """``python -m bot`` in a subprocess whose output is kept for the report."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self._config_path = config_path
+        self._log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        environment = {**os.environ, "DISCORD_TOKEN": TOKEN}
+        with self._log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                "--config",
+                str(self._config_path),
+                cwd=ROOT,
+                env=environment,
+                stdout=log,
+                stderr=log,
+            )
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+
+    def tail(self, lines: int = 30) -> list[str]:
+        return self._log_path.read_text(errors="replace").splitlines()[-lines:]
+
+
+async def run_crash_scenario(
+    workdir: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    api: EmulatorControl,
+    *,
+    jobs: int = 20,
+    kills: int = 5,
+    seed: int = 0,
+    within: float = 120.0,
+) -> CrashReport:
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    database = workdir / "crash.sqlite3"
+    config_path = workdir / "crash.toml"
+    config_path.write_text(config_text(emulator.url, ollama.url, database))
+    bot = BotProcess(config_path, workdir / "bot.log")
+    article = "# Crash Course\n\n" + " ".join(f"word{i}" for i in range(60))
+    ollama.script("mistral:latest", [article] * (jobs * 3))
+
+    await bot.start()
+    restarts = 0
+    try:
+        await wait_until(lambda: _commands_synced(api), within=30)
+        acknowledged = 0
+        users = ("alice", "bob", "mod")
+        for number in range(jobs):
+            invocation = await api.invoke(
+                "general", users[number % 3], "blog new", topic=f"crash topic {number}", target_length=300
+            )
+            record = await api.answered(invocation["interaction_id"])
+            acknowledged += record["callbacks"][0]["type"] == 4
+        assert acknowledged == jobs, f"only {acknowledged} of {jobs} jobs were acknowledged"
+
+        # The aimed kill: hold the article's create response so the message exists but the bot can't know.
+        await api.fault(
+            kind="delay", method="POST", path="/channels/*/messages", seconds=3.0, count=1, attachments=True
+        )
+        targeted = False
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: _articles(api), within=30)
+            targeted = True
+        await bot.kill()
+        await bot.start()
+        restarts += 1
+
+        for _ in range(kills - 1):
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
+            await bot.kill()
+            await bot.start()
+            restarts += 1
+        await wait_until(lambda: _all_finished(database, jobs), within=within)
+    finally:
+        tail = bot.tail()
+        await bot.kill()
+
+    files: dict[int, int] = {}
+    for message in await api.bot_replies("general"):
+        match = JOB_MARKER.match(message["content"])
+        if match and any(a["filename"].endswith(".md") for a in message["attachments"]):
+            files[int(match.group(1))] = files.get(int(match.group(1)), 0) + 1
+    return CrashReport(
+        jobs=jobs,
+        kills=kills,
+        restarts=restarts,
+        targeted_kill=targeted,
+        files_per_job=files,
+        states=_states(database),
+        seconds=loop.time() - started,
+        log_tail=tail,
+    )
+
+
+async def _commands_synced(api: EmulatorControl) -> bool:
+    state = await api.refresh()
+    return any(command["name"] == "blog" for command in state["commands"]) and bool(state["sessions"])
+
+
+async def _articles(api: EmulatorControl) -> list[Any]:
+    return [m for m in await api.bot_replies("general") if m["attachments"]]
+
+
+def _states(database: Path) -> dict[int, str]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        return dict(connection.execute("SELECT id, state FROM jobs").fetchall())
+
+
+async def _all_finished(database: Path, jobs: int) -> bool:
+    states = _states(database)
+    return len(states) == jobs and all(
+        state in ("delivered", "failed", "cancelled") for state in states.values()
+    )

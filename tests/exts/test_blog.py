@@ -1,0 +1,208 @@
+"""/blog end to end: the real bot, the Discord emulator and the fake Ollama server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.fakes.discord_server import DiscordEmulator
+from tests.fakes.ollama_server import FakeOllamaServer
+from tests.harness import EmulatorControl, FakeOllamaControl, make_config, running_bot, wait_until
+
+ARTICLE = "# Owls at Night\n\nOwls are quiet hunters.\n\n## Eyes\n\nThey see in the dark."
+FAST_BLOG = {"retry_base_seconds": 0.05, "progress_interval": 0.5, "lease_seconds": 5.0}
+EPHEMERAL = 64
+
+
+async def posted_articles(api: EmulatorControl, channel: str = "general") -> list[dict[str, Any]]:
+    return [
+        m
+        for m in await api.bot_replies(channel)
+        if any(a["filename"].endswith(".md") for a in m["attachments"])
+    ]
+
+
+async def wait_for_articles(api: EmulatorControl, count: int, within: float = 15.0) -> list[dict[str, Any]]:
+    async def probe() -> list[dict[str, Any]] | None:
+        found = await posted_articles(api)
+        return found if len(found) >= count else None
+
+    return await wait_until(probe, within=within)
+
+
+def first_callback(record: dict[str, Any]) -> dict[str, Any]:
+    callback: dict[str, Any] = record["callbacks"][0]
+    return callback
+
+
+async def status_text(api: EmulatorControl, record: dict[str, Any]) -> str:
+    """The current text of the public status message an interaction created."""
+    message_id = str(record["original"]["id"])
+    for message in await api.messages("general"):
+        if str(message["id"]) == message_id:
+            return str(message["content"])
+    raise AssertionError("status message not found")
+
+
+async def test_blog_new_is_acknowledged_shows_progress_and_posts_the_article(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=40) as fake:
+        fake.script("mistral:latest", [ARTICLE + " More words here." * 6])
+        config = make_config(tmp_path, emulator.url, [fake.url], blog=FAST_BLOG)
+        async with running_bot(config):
+            await discord_api.refresh()
+            assert {c["name"] for c in discord_api.state["commands"]} >= {"blog"}
+            invocation = await discord_api.invoke(
+                "general",
+                "alice",
+                "blog new",
+                topic="owls",
+                style="casual",
+                tone="friendly",
+                target_length=400,
+                tags="Birds, night,birds",
+            )
+            record = await discord_api.answered(invocation["interaction_id"])
+            ack = first_callback(record)
+            assert ack["type"] == 4 and not (ack["data"].get("flags", 0) & EPHEMERAL)
+            assert ack["at"] - record["dispatched_at"] < 0.5
+            assert "Blog post #1" in ack["data"]["content"] and "position 1" in ack["data"]["content"]
+            (post,) = await wait_for_articles(discord_api, 1)
+            final = await wait_until(lambda: _contains(status_text(discord_api, record), "Done"), within=10)
+        request = [r for r in fake.requests if r["path"] == "/api/generate"][-1]
+    attachment = post["attachments"][0]
+    assert attachment["filename"] == "owls-at-night.md"
+    meta = yaml.safe_load(attachment["text"].split("---\n")[1])
+    assert meta["title"] == "Owls at Night" and meta["topic"] == "owls" and meta["tags"] == ["birds", "night"]
+    assert (meta["style"], meta["tone"], meta["model"]) == ("casual", "friendly", "mistral:latest")
+    assert meta["word_count"] > 10 and meta["slug"] == "owls-at-night"
+    assert "Owls are quiet hunters." in attachment["text"]
+    assert post["pinged"] == [discord_api.user("alice")]
+    assert post["nonce"] == "blog-1"
+    assert request["body"]["model"] == "mistral:latest"
+    assert request["body"]["options"]["num_predict"] >= 600
+    assert "owls" in request["body"]["prompt"]
+    # The status message moved through queued → writing → done.
+    status = next(
+        m for m in await discord_api.messages("general") if str(m["id"]) == str(record["original"]["id"])
+    )
+    contents = [h["content"] for h in status["history"]]
+    assert any("Writing" in c for c in contents), contents
+    assert final and str(post["id"]) in contents[-1]
+
+
+async def test_status_list_and_cancel(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=20) as slow:
+        slow.script("mistral:latest", ["word " * 2000])
+        config = make_config(tmp_path, emulator.url, [slow.url], blog={**FAST_BLOG, "workers": 1})
+        async with running_bot(config):
+            first = await discord_api.invoke("general", "alice", "blog new", topic="first topic")
+            second = await discord_api.invoke("general", "alice", "blog new", topic="second topic")
+            await discord_api.answered(first["interaction_id"])
+            await discord_api.answered(second["interaction_id"])
+            await wait_until(lambda: _true(len([r for r in slow.requests if r["first_token_at"]]) == 1))
+
+            listing = await discord_api.answered(
+                (await discord_api.invoke("general", "alice", "blog list"))["interaction_id"]
+            )
+            text = first_callback(listing)["data"]["content"]
+            assert "#1" in text and "#2" in text and "running" in text and "queued (position 1)" in text
+            assert first_callback(listing)["data"]["flags"] & EPHEMERAL
+
+            status = await discord_api.answered(
+                (await discord_api.invoke("general", "alice", "blog status", job=1))["interaction_id"]
+            )
+            assert "Writing with `mistral:latest`" in first_callback(status)["data"]["content"]
+
+            # bob may not cancel alice's job; alice may.
+            refused = await discord_api.answered(
+                (await discord_api.invoke("general", "bob", "blog cancel", job=1))["interaction_id"]
+            )
+            assert "can't find blog post #1" in first_callback(refused)["data"]["content"]
+            cancelled = await discord_api.answered(
+                (await discord_api.invoke("general", "alice", "blog cancel", job=1))["interaction_id"]
+            )
+            assert "is cancelled" in first_callback(cancelled)["data"]["content"]
+            # The running generation is stopped: Ollama sees the connection close.
+            await wait_until(lambda: _true(any(r["disconnected"] for r in slow.requests)), within=5)
+            # A moderator (Manage Messages) may cancel anyone's job.
+            by_mod = await discord_api.answered(
+                (await discord_api.invoke("general", "mod", "blog cancel", job=2))["interaction_id"]
+            )
+            assert "is cancelled" in first_callback(by_mod)["data"]["content"]
+            assert await posted_articles(discord_api) == []
+
+
+async def test_bad_options_and_quota_get_ephemeral_messages(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    config = make_config(tmp_path, emulator.url, [ollama.url], blog={**FAST_BLOG, "max_queued_per_user": 1})
+    async with running_bot(config) as runner:
+        assert runner.bot is not None
+        await runner.bot.get_cog("Blog").worker.stop()  # type: ignore[union-attr]  # keep jobs queued
+        too_many_tags = await discord_api.answered(
+            (
+                await discord_api.invoke(
+                    "general", "alice", "blog new", topic="tags", tags=",".join(f"t{i}" for i in range(12))
+                )
+            )["interaction_id"]
+        )
+        blank_topic = await discord_api.answered(
+            (await discord_api.invoke("general", "alice", "blog new", topic="   \u200b "))["interaction_id"]
+        )
+        ok = await discord_api.answered(
+            (await discord_api.invoke("general", "alice", "blog new", topic="fine"))["interaction_id"]
+        )
+        over = await discord_api.answered(
+            (await discord_api.invoke("general", "alice", "blog new", topic="one more"))["interaction_id"]
+        )
+    for record, expected in [
+        (too_many_tags, "at most 10 tags"),
+        (blank_topic, "`topic` must be 3 to 300 characters"),
+        (over, "You already have 1 blog post"),
+    ]:
+        callback = first_callback(record)
+        assert expected in callback["data"]["content"], callback
+        assert callback["data"]["flags"] & EPHEMERAL
+    assert "queued" in first_callback(ok)["data"]["content"].lower()
+
+
+async def test_permanent_error_fails_the_job_and_retryable_error_is_retried(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    ollama_control: FakeOllamaControl,
+    discord_api: EmulatorControl,
+) -> None:
+    await ollama_control.fault(kind="status", status=503, count=2, model="mistral:latest")
+    config = make_config(tmp_path, emulator.url, [ollama.url], blog={**FAST_BLOG, "max_attempts": 4})
+    async with running_bot(config):
+        retried = await discord_api.invoke("general", "alice", "blog new", topic="retry me")
+        (post,) = await wait_for_articles(discord_api, 1)
+    assert post["attachments"][0]["filename"].endswith(".md")
+    statuses = [r["status"] for r in ollama.requests if r["path"] == "/api/generate"]
+    assert statuses[:2] == [503, 503] and statuses[-1] == 200
+    record = await discord_api.interaction(retried["interaction_id"])
+    assert "Done" in await status_text(discord_api, record)
+
+    missing = make_config(tmp_path, emulator.url, [ollama.url], blog={**FAST_BLOG, "model": "llama9"})
+    async with running_bot(missing):
+        failed = await discord_api.invoke("general", "bob", "blog new", topic="no such model")
+        record = await discord_api.answered(failed["interaction_id"])
+        text = await wait_until(lambda: _contains(status_text(discord_api, record), "Failed"), within=10)
+    assert "`llama9` is not installed" in text
+    assert len([r for r in ollama.requests if r["body"] and r["body"].get("model") == "llama9"]) == 1
+
+
+async def _contains(text_coroutine: Any, needle: str) -> str | None:
+    text = await text_coroutine
+    return text if needle in text else None
+
+
+async def _true(value: bool) -> bool:
+    return value
