@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import discord
 import httpx
@@ -15,7 +17,10 @@ import yarl
 from bot import __version__
 from bot.bot import LLMBot
 from bot.config import Config, load_config, resolve_token
+from bot.db import Database
+from bot.doctor import run_checks
 from bot.errors import StartupError
+from bot.llm.pool import BackendPool
 from bot.log import setup_logging
 
 log = logging.getLogger("bot")
@@ -46,15 +51,48 @@ def point_discord_at(config: Config) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.discord.gateway_url)
 
 
-async def run_bot(config: Config, token: str) -> None:
-    """Open the shared resources, start the bot, and close everything on the way out."""
+@contextlib.asynccontextmanager
+async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIterator[LLMBot]:
+    """The bot with its long-lived resources open (database, HTTP client, backend pool), ready to ``start``.
+
+    Everything opened here is closed, in reverse order, when the block exits.
+    """
     point_discord_at(config)
     # One HTTP client for every model call; the backend pool bounds concurrency, not httpx.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
-    async with httpx.AsyncClient(limits=limits) as http_client:
-        bot = LLMBot(config, http_client=http_client)
-        async with bot:
+    async with (
+        Database(config.database.path) as db,
+        httpx.AsyncClient(limits=limits) as http_client,
+        BackendPool(config.backends, http_client) as pool,
+        LLMBot(config, http_client=http_client, pool=pool, db=db, background_work=background_work) as bot,
+    ):
+        yield bot
+
+
+async def run_bot(config: Config, token: str) -> None:
+    """Run the bot until it is closed, the task is cancelled, or SIGTERM/SIGINT arrives."""
+    loop = asyncio.get_running_loop()
+    async with open_bot(config) as bot:
+        # A clean stop: the cogs stop taking work, let running replies finish and put jobs back.
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, lambda: asyncio.ensure_future(bot.close()))
+        try:
             await bot.start(token)
+        finally:
+            for signal_number in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signal_number)
+
+
+async def sync_commands(config: Config, token: str) -> None:
+    """Log in (no gateway), register the slash commands, and leave."""
+    async with open_bot(config, background_work=False) as bot:
+        await bot.login(token)
+        await bot.sync_commands(force=True)
+
+
+async def doctor(config: Config, token: str) -> bool:
+    checks = await run_checks(config, token, emit=lambda check: print(check.line(), flush=True))
+    return all(check.ok for check in checks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,8 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.logging.level, secrets=[token])
+    if args.command == "doctor":
+        return 0 if asyncio.run(doctor(config, token)) else 1
     try:
-        asyncio.run(run_bot(config, token))
+        asyncio.run(sync_commands(config, token) if args.command == "sync" else run_bot(config, token))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     except discord.LoginFailure:
         log.error("Discord rejected the token (DISCORD_TOKEN): reset it in the developer portal")
         return 1

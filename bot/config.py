@@ -67,6 +67,8 @@ class BackendConfig:
     # Models this server serves; empty means "ask the server" (/api/tags or /v1/models).
     models: tuple[str, ...] = ()
     connect_timeout: float = field(default=5.0, metadata=_range(0.1, 120.0))
+    # Slots kept free for chat: blog jobs may use at most max_concurrent - reserved_chat_slots (and always 1).
+    reserved_chat_slots: int = field(default=0, metadata=_range(0, 63))
 
     @property
     def display_name(self) -> str:
@@ -95,6 +97,8 @@ class ChatConfig:
     allow_dms: bool = True
     cooldown_seconds: float = field(default=2.0, metadata=_range(0.0, 3600.0))
     max_streams_per_user: int = field(default=1, metadata=_range(1, 10))
+    # Longest wait for a free model slot before the user is told the server is busy.
+    queue_timeout: float = field(default=20.0, metadata=_range(0.1, 600.0))
     # Longest prompt accepted from a user, in characters; longer ones are refused before the model.
     max_prompt_chars: int = field(default=6000, metadata=_range(100, 100000))
     first_token_timeout: float = field(default=60.0, metadata=_range(1.0, 3600.0))
@@ -111,6 +115,8 @@ class BlogConfig:
     num_ctx: int = field(default=8192, metadata=_range(256, 262144))
     max_queued_per_user: int = field(default=3, metadata=_range(1, 1000))
     max_queued_per_guild: int = field(default=20, metadata=_range(1, 100000))
+    # Ceiling on unfinished jobs across every server.
+    max_queued_total: int = field(default=500, metadata=_range(1, 1000000))
     max_attempts: int = field(default=4, metadata=_range(1, 50))
     # A running job's lease; the worker renews it every third of this while the job runs.
     lease_seconds: float = field(default=60.0, metadata=_range(5.0, 3600.0))

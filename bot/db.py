@@ -75,6 +75,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_user ON jobs (user_id, state);
     CREATE INDEX jobs_guild ON jobs (guild_id, state);
     """,
+    # 2: small facts the bot keeps between runs (e.g. the hash of the last synced command set).
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 3: per-server settings set by moderators, and the audit trail of their actions.
+    """
+    CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        settings TEXT NOT NULL,                  -- JSON object of the keys that differ from the TOML defaults
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        details TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX audit_log_guild ON audit_log (guild_id, id);
+    """,
 )
 
 
@@ -142,6 +163,20 @@ class Database:
         """Run a read-only query and return its first row, or None."""
         rows = await self.fetch_all(sql, parameters)
         return rows[0] if rows else None
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value stored with :meth:`set_meta`, or None."""
+        row = await self.fetch_one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a small value under ``key``."""
+        async with self.transaction() as connection:
+            await connection.execute(
+                """INSERT INTO meta (key, value) VALUES (?, ?)
+                   ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+                (key, value),
+            )
 
     async def schema_version(self) -> int:
         """How many migrations this database has run."""

@@ -1,0 +1,119 @@
+"""``python -m bot doctor``: check what operators get wrong most, one line per check.
+
+Uses plain HTTP (no gateway connection): the token against ``/users/@me``, the privileged intent through
+the application's flags, and every backend's version and model list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+
+from bot.config import Config
+from bot.llm import LLMError
+from bot.llm.pool import make_client, normalise_model
+
+# Application flags Discord sets when the Message Content intent is switched on in the developer portal.
+MESSAGE_CONTENT_FLAGS = (1 << 18) | (1 << 19)
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    name: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+async def run_checks(
+    config: Config, token: str, *, emit: Callable[[Check], None] = lambda check: None
+) -> list[Check]:
+    """Run every check, reporting each as it finishes."""
+    checks: list[Check] = []
+
+    def report(check: Check) -> None:
+        checks.append(check)
+        emit(check)
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        await _discord_checks(http, config, token, report)
+        await _backend_checks(http, config, report)
+    return checks
+
+
+async def _discord_checks(
+    http: httpx.AsyncClient, config: Config, token: str, report: Callable[[Check], None]
+) -> None:
+    headers = {"Authorization": f"Bot {token}"}
+    base = config.discord.api_base.rstrip("/")
+    try:
+        me = await http.get(f"{base}/users/@me", headers=headers)
+    except httpx.TransportError as exc:
+        report(Check(False, "discord", f"cannot reach {base} ({type(exc).__name__})"))
+        return
+    if me.status_code == 401:
+        report(
+            Check(
+                False, "token", "Discord rejected DISCORD_TOKEN: reset it in the developer portal (Bot tab)"
+            )
+        )
+        return
+    if me.status_code != 200:
+        report(Check(False, "token", f"/users/@me answered HTTP {me.status_code}"))
+        return
+    user = me.json()
+    report(Check(True, "token", f"valid, the bot is {user.get('username')} (id {user.get('id')})"))
+    application = await http.get(f"{base}/oauth2/applications/@me", headers=headers)
+    flags = int(application.json().get("flags") or 0) if application.status_code == 200 else 0
+    if flags & MESSAGE_CONTENT_FLAGS:
+        report(Check(True, "intents", "Message Content intent is enabled"))
+    else:
+        report(
+            Check(
+                False,
+                "intents",
+                "enable the Message Content intent (developer portal → Bot → Privileged Gateway Intents)",
+            )
+        )
+
+
+async def _backend_checks(http: httpx.AsyncClient, config: Config, report: Callable[[Check], None]) -> None:
+    wanted = {"chat": config.chat.model, "blog": config.blog.model}
+    found: dict[str, list[str]] = {feature: [] for feature in wanted}
+    reachable = []
+
+    async def check(backend_index: int) -> None:
+        backend = config.backends[backend_index]
+        client = make_client(backend, http)
+        try:
+            version = await client.version()
+            models = {normalise_model(m) for m in await client.list_models()}
+        except LLMError as exc:
+            report(Check(False, f"backend {backend.display_name}", f"{backend.url} does not answer ({exc})"))
+            return
+        reachable.append(backend.display_name)
+        report(Check(True, f"backend {backend.display_name}", f"{backend.url} answers (version {version})"))
+        for feature, model in wanted.items():
+            if normalise_model(model) in models:
+                found[feature].append(backend.display_name)
+
+    tasks: list[Awaitable[None]] = [check(index) for index in range(len(config.backends))]
+    await asyncio.gather(*tasks)
+    if not reachable:
+        return
+    for feature, model in wanted.items():
+        if found[feature]:
+            report(
+                Check(True, f"{feature} model", f"{model} is pulled on {', '.join(sorted(found[feature]))}")
+            )
+        else:
+            report(
+                Check(
+                    False, f"{feature} model", f"{model} is missing: run `ollama pull {model}` on the server"
+                )
+            )

@@ -1,0 +1,139 @@
+"""Per-server settings that moderators change from Discord, and the audit trail of their actions.
+
+Settings live in SQLite (only the keys a moderator changed; everything else falls back to the TOML
+config) and in memory, so reading them costs nothing on the hot paths and a change takes effect at once.
+Knows nothing of Discord.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.db import Database
+
+MAX_SYSTEM_PROMPT = 2000
+MAX_CHANNELS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class GuildSettings:
+    """One server's overrides; ``None`` (or empty) means "use the config file's value"."""
+
+    chat_enabled: bool = True
+    #: Channels where chat answers; empty = every channel the bot can see.
+    chat_channels: tuple[int, ...] = ()
+    #: Channels where /blog may be used; empty = everywhere.
+    blog_channels: tuple[int, ...] = ()
+    chat_model: str | None = None
+    blog_model: str | None = None
+    system_prompt: str | None = None
+    cooldown_seconds: float | None = None
+    blog_quota: int | None = None
+    blog_paused: bool = False
+
+    def allows_chat_in(self, channel_id: int, parent_id: int | None = None) -> bool:
+        """Whether chat may answer in the channel (a thread follows its parent channel)."""
+        if not self.chat_enabled:
+            return False
+        return not self.chat_channels or channel_id in self.chat_channels or parent_id in self.chat_channels
+
+    def allows_blog_in(self, channel_id: int, parent_id: int | None = None) -> bool:
+        return not self.blog_channels or channel_id in self.blog_channels or parent_id in self.blog_channels
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One recorded moderator action."""
+
+    id: int
+    guild_id: int
+    user_id: int
+    action: str
+    details: str
+    at: float
+
+
+class SettingsStore:
+    """Read and change :class:`GuildSettings`; record moderator actions."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+        self._cache: dict[int, GuildSettings] = {}
+
+    async def load(self) -> None:
+        """Read every server's settings into memory (done once at start-up)."""
+        rows = await self._db.fetch_all("SELECT guild_id, settings FROM guild_settings")
+        self._cache = {int(row[0]): _decode(row[1]) for row in rows}
+
+    def get(self, guild_id: int | None) -> GuildSettings:
+        """The server's settings (defaults for DMs and for servers nobody configured)."""
+        if guild_id is None:
+            return GuildSettings()
+        return self._cache.get(guild_id, GuildSettings())
+
+    def paused_guilds(self) -> frozenset[int]:
+        """Servers whose blog queue a moderator paused."""
+        return frozenset(guild_id for guild_id, settings in self._cache.items() if settings.blog_paused)
+
+    async def update(self, guild_id: int, user_id: int, action: str, **changes: Any) -> GuildSettings:
+        """Change some settings and record who did it, in one transaction."""
+        settings = dataclasses.replace(self.get(guild_id), **changes)
+        now = self._clock()
+        async with self._db.transaction() as connection:
+            await connection.execute(
+                """INSERT INTO guild_settings (guild_id, settings, updated_at) VALUES (?, ?, ?)
+                   ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings,
+                                                        updated_at = excluded.updated_at""",
+                (guild_id, _encode(settings), now),
+            )
+            await _record(connection, guild_id, user_id, action, _describe(changes), now)
+        self._cache[guild_id] = settings
+        return settings
+
+    async def record(self, guild_id: int, user_id: int, action: str, details: str) -> None:
+        """Record a moderator action that changes no setting (e.g. cancelling a job)."""
+        async with self._db.transaction() as connection:
+            await _record(connection, guild_id, user_id, action, details, self._clock())
+
+    async def audit_log(self, guild_id: int, limit: int = 20) -> list[AuditEntry]:
+        """The server's most recent moderator actions, newest first."""
+        rows = await self._db.fetch_all(
+            "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
+        )
+        return [AuditEntry(**{key: row[key] for key in row.keys()}) for row in rows]  # noqa: SIM118
+
+
+async def _record(connection: Any, guild_id: int, user_id: int, action: str, details: str, at: float) -> None:
+    await connection.execute(
+        "INSERT INTO audit_log (guild_id, user_id, action, details, at) VALUES (?, ?, ?, ?, ?)",
+        (guild_id, user_id, action, details, at),
+    )
+
+
+def _encode(settings: GuildSettings) -> str:
+    defaults = GuildSettings()
+    changed = {
+        field.name: getattr(settings, field.name)
+        for field in dataclasses.fields(settings)
+        if getattr(settings, field.name) != getattr(defaults, field.name)
+    }
+    return json.dumps(changed, sort_keys=True)
+
+
+def _decode(text: str) -> GuildSettings:
+    known = {field.name for field in dataclasses.fields(GuildSettings)}
+    data = {key: value for key, value in json.loads(text).items() if key in known}
+    for key in ("chat_channels", "blog_channels"):
+        if key in data:
+            data[key] = tuple(data[key])
+    return GuildSettings(**data)
+
+
+def _describe(changes: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in sorted(changes.items())) or "-"
