@@ -9,7 +9,7 @@ on the machine):
 (c) edits per reply
 (d) 429 answers from the emulator                  goal 0
 
-    python bench/chat_latency.py [--sequential 20] [--concurrent 10] [--tokens 300] [--tps 40]
+    python -m bench.chat_latency [--sequential 20] [--concurrent 10] [--tokens 300] [--tps 40]
 """
 
 from __future__ import annotations

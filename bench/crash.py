@@ -1,6 +1,6 @@
 """Longer crash run: the bot SIGKILLed many times while 20+ blog jobs run; every job must be posted once.
 
-python bench/crash.py [--jobs 20] [--kills 15] [--seed N]
+python -m bench.crash [--jobs 20] [--kills 15] [--seed N]
 """
 
 from __future__ import annotations

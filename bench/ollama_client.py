@@ -9,7 +9,7 @@ ways, alternating, several rounds each:
 Prints tokens/s for both (wall clock, median of the rounds), the client's CPU cost per token, and the
 ratio (goal: the client costs < 10 % over raw). Writes ``bench/results/ollama_client.json``.
 
-    python bench/ollama_client.py [--tokens 10000] [--rounds 5]
+    python -m bench.ollama_client [--tokens 10000] [--rounds 5]
 """
 
 from __future__ import annotations

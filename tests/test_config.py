@@ -74,8 +74,14 @@ def test_values_are_converted(tmp_path: Path) -> None:
         ("[discord]\napi_base = 'discord.com'\n", "discord.api_base must be a URL starting with http://"),
         ("[discord]\ngateway_url = 'http://x/'\n", "discord.gateway_url must be a URL starting with ws://"),
         ("[[backends]]\nmax_concurrent = 2\n", "backends[0].url is required"),
-        ("[[backends]]\nurl = 'http://a'\nkind = 'vllm'\n", "backends[0].kind must be one of 'ollama', 'openai'"),
-        ("[[backends]]\nurl = 'http://a'\nmax_concurrent = 0\n", "backends[0].max_concurrent must be between 1"),
+        (
+            "[[backends]]\nurl = 'http://a'\nkind = 'vllm'\n",
+            "backends[0].kind must be one of 'ollama', 'openai'",
+        ),
+        (
+            "[[backends]]\nurl = 'http://a'\nmax_concurrent = 0\n",
+            "backends[0].max_concurrent must be between 1",
+        ),
         ("backends = []\n", "backends needs at least one"),
         ("[[backends]]\nurl = 'http://a'\n[[backends]]\nurl = 'http://a'\n", "'a' is used twice"),
         ("chat = 3\n", "chat must be a table"),
