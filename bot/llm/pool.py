@@ -60,6 +60,8 @@ class BackendState:
     available_models: frozenset[str] | None = None
     #: Models loaded in memory (from /api/ps at the last check, plus what we just used).
     loaded_models: set[str] = field(default_factory=set)
+    #: The model of the request started last here: with room for one model, the one in memory.
+    current_model: str | None = None
     tokens_per_second: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
 
@@ -112,6 +114,7 @@ class _Waiter:
     model: str
     exclude: frozenset[str]
     future: asyncio.Future[BackendState]
+    enqueued_at: float
 
 
 class BackendPool:
@@ -125,13 +128,19 @@ class BackendPool:
         health_interval: float = 15.0,
         max_probe_backoff: float = 60.0,
         call_attempts: int = 3,
+        affinity_max_wait: float = 30.0,
+        fifo: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``fifo=True`` serves strictly by arrival (no priority, no model affinity): the baseline that
+        ``bench/backends.py`` compares against, not a setting for real use."""
         self._states = [BackendState(config, make_client(config, http)) for config in backends]
         self._health_interval = health_interval
         self._max_probe_backoff = max_probe_backoff
         self._retry = RetryPolicy(attempts=call_attempts)
         self._clock = clock
+        self._affinity_max_wait = affinity_max_wait
+        self._fifo = fifo
         self._waiters: list[tuple[int, int, _Waiter]] = []
         self._order = itertools.count()
         self._health_task: asyncio.Task[None] | None = None
@@ -245,7 +254,7 @@ class BackendPool:
         if priority is Priority.CHAT and not self._candidates(model, exclude):
             # Nobody can answer: a person is waiting, so say so now rather than after a timeout.
             raise BackendUnavailable("no model server is reachable right now")
-        waiter = _Waiter(priority, model, exclude, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(priority, model, exclude, asyncio.get_running_loop().create_future(), self._clock())
         heapq.heappush(self._waiters, (priority, next(self._order), waiter))
         self._dispatch()
         try:
@@ -272,37 +281,54 @@ class BackendPool:
         ]
 
     def _dispatch(self) -> None:
-        """Hand free slots to waiters, best priority first; one that fits nowhere doesn't block the rest."""
-        kept: list[tuple[int, int, _Waiter]] = []
-        while self._waiters:
-            entry = heapq.heappop(self._waiters)
-            waiter = entry[2]
-            if waiter.future.done():
-                continue
-            state = self._choose(waiter)
-            if state is None:
-                kept.append(entry)
-                continue
-            state.in_flight += 1
-            waiter.future.set_result(state)
-        for entry in kept:
-            heapq.heappush(self._waiters, entry)
+        """Hand free slots to waiters, one at a time, always the best (waiter, backend) pair first.
 
-    def _choose(self, waiter: _Waiter) -> BackendState | None:
-        best: tuple[tuple[int, int, float], BackendState] | None = None
-        for state in self._candidates(waiter.model, waiter.exclude):
-            capacity = state.config.max_concurrent
-            if waiter.priority is not Priority.CHAT:
-                capacity -= min(state.config.reserved_chat_slots, capacity - 1)
-            if state.in_flight >= capacity:
-                continue
-            # Prefer a server that has the model loaded, then one known to have it, then the least busy.
-            loaded = normalise_model(waiter.model) in state.loaded_models
-            known = state.serves(waiter.model) is True
-            key = (0 if loaded else 1, 0 if known else 1, state.in_flight / state.config.max_concurrent)
-            if best is None or key < best[0]:
-                best = (key, state)
-        return None if best is None else best[1]
+        Best means: chat before blog; then a waiter whose model the backend ran last (so two models on one
+        small GPU don't evict each other on every request; a waiter older than ``affinity_max_wait`` no
+        longer defers to this); then arrival; then the least busy backend. A waiter that fits nowhere
+        right now doesn't block the others.
+        """
+        while True:
+            now = self._clock()
+            best: tuple[tuple[float, ...], _Waiter, BackendState] | None = None
+            for _, sequence, waiter in self._waiters:
+                if waiter.future.done():
+                    continue
+                for state in self._candidates(waiter.model, waiter.exclude):
+                    if state.in_flight >= self._capacity(state, waiter.priority):
+                        continue
+                    key = self._rank(waiter, sequence, state, now)
+                    if best is None or key < best[0]:
+                        best = (key, waiter, state)
+            if best is None:
+                break
+            _, waiter, state = best
+            state.in_flight += 1
+            state.current_model = normalise_model(waiter.model)
+            waiter.future.set_result(state)
+        self._waiters = [entry for entry in self._waiters if not entry[2].future.done()]
+        heapq.heapify(self._waiters)
+
+    def _rank(self, waiter: _Waiter, sequence: int, state: BackendState, now: float) -> tuple[float, ...]:
+        load = state.in_flight / state.config.max_concurrent
+        if self._fifo:
+            return (sequence, load)
+        model = normalise_model(waiter.model)
+        if model == state.current_model or now - waiter.enqueued_at > self._affinity_max_wait:
+            affinity = 0
+        elif model in state.loaded_models:
+            affinity = 1
+        else:
+            affinity = 2
+        known = 0 if state.serves(waiter.model) is True else 1
+        return (waiter.priority, affinity, sequence, known, load)
+
+    @staticmethod
+    def _capacity(state: BackendState, priority: Priority) -> int:
+        capacity = state.config.max_concurrent
+        if priority is not Priority.CHAT:
+            capacity -= min(state.config.reserved_chat_slots, capacity - 1)
+        return capacity
 
     async def _failover(
         self,
