@@ -33,6 +33,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bot", description="A Discord bot for local LLMs (Ollama)."
     )
     parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=("run", "sync", "doctor"),
+        help="run the bot (default), sync the slash commands now, or check the set-up",
+    )
+    parser.add_argument(
         "--config", default="config.toml", help="path to the TOML config (default: config.toml)"
     )
     parser.add_argument(

@@ -89,6 +89,11 @@ class LLMBot(commands.Bot):
         log.info("synced %d slash command(s) to %s", len(payload), list(guild_ids) or "all servers")
         return True
 
+    async def on_message(self, message: discord.Message, /) -> None:
+        # The bot has no prefix commands: without this override commands.Bot would try to run
+        # "@bot alice: hi" as a command named "alice". Cogs still get every message through listeners.
+        return
+
     async def on_ready(self) -> None:
         # Fires again after every reconnect: log only, never set things up here.
         assert self.user is not None

@@ -189,8 +189,10 @@ class Chat(commands.Cog):
             idle=self.config.idle_timeout,
             total=self.config.deadline,
         )
+        # Nobody is pinged but the asker, and only if the model writes their mention: the reply itself is
+        # silent (no replied_user ping); @everyone, roles and other users stay inert whatever the text says.
         mentions = discord.AllowedMentions(
-            everyone=False, roles=False, users=[message.author], replied_user=True
+            everyone=False, roles=False, users=[message.author], replied_user=False
         )
         outcome = "ok"
         stream = self.bot.pool.chat(

@@ -73,9 +73,10 @@ class StreamFailed(LLMError):
 
 
 class LLMTimeout(LLMError):
-    """A time limit ran out; ``phase`` says which one."""
+    """A time limit ran out; ``phase`` says which one.
 
-    retryable = True
+    Not retried: a slow first token is usually a model loading, and asking again would start over.
+    """
 
     def __init__(
         self, phase: TimeoutPhase, seconds: float, *, partial_text: str = "", backend: str = ""

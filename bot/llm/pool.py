@@ -275,9 +275,16 @@ class BackendPool:
         self._dispatch()
 
     def _candidates(self, model: str, exclude: frozenset[str]) -> list[BackendState]:
-        """Healthy backends, not excluded, that may serve ``model``."""
+        """Healthy backends, not excluded, that may serve ``model``.
+
+        Only a configured ``models`` list rules a backend out: the list a server reported may be stale
+        (a model pulled since the last check), so such a server is still asked, ranked after the others,
+        and its own 404 is the authoritative "model not found".
+        """
         return [
-            s for s in self._states if s.healthy and s.name not in exclude and s.serves(model) is not False
+            s
+            for s in self._states
+            if s.healthy and s.name not in exclude and not (s.config.models and s.serves(model) is False)
         ]
 
     def _dispatch(self) -> None:

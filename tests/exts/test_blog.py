@@ -184,11 +184,11 @@ async def test_permanent_error_fails_the_job_and_retryable_error_is_retried(
     async with running_bot(config):
         retried = await discord_api.invoke("general", "alice", "blog new", topic="retry me")
         (post,) = await wait_for_articles(discord_api, 1)
+        record = await discord_api.interaction(retried["interaction_id"])
+        await wait_until(lambda: _contains(status_text(discord_api, record), "Done"), within=10)
     assert post["attachments"][0]["filename"].endswith(".md")
     statuses = [r["status"] for r in ollama.requests if r["path"] == "/api/generate"]
     assert statuses[:2] == [503, 503] and statuses[-1] == 200
-    record = await discord_api.interaction(retried["interaction_id"])
-    assert "Done" in await status_text(discord_api, record)
 
     missing = make_config(tmp_path, emulator.url, [ollama.url], blog={**FAST_BLOG, "model": "llama9"})
     async with running_bot(missing):

@@ -21,20 +21,32 @@ FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})", re.MULTILINE)
 async def final_reply(
     api: EmulatorControl,
     channel: str,
-    after: str,
+    question: str,
     expected_parts: int | None = None,
     *,
     contains: str = "",
     within: float = 10.0,
 ) -> list[dict[str, Any]]:
-    """Wait until the bot's reply to message ``after`` has settled, and return its messages."""
+    """Wait until the bot's answer to message ``question`` contains ``contains``; its parts, in order.
+
+    The answer is the chain of bot messages replying to the question, then each to the previous part.
+    """
 
     async def settled() -> list[dict[str, Any]] | None:
-        replies = await api.bot_replies(channel, after=after)
-        if not replies or (expected_parts is not None and len(replies) < expected_parts):
+        messages = await api.bot_replies(channel)
+        chain: list[dict[str, Any]] = []
+        parent = question
+        while True:
+            part = next(
+                (m for m in messages if (m.get("message_reference") or {}).get("message_id") == parent), None
+            )
+            if part is None:
+                break
+            chain.append(part)
+            parent = part["id"]
+        if not chain or (expected_parts is not None and len(chain) < expected_parts):
             return None
-        text = "\n".join(m["content"] for m in replies)
-        return replies if contains in text else None
+        return chain if contains in "\n".join(m["content"] for m in chain) else None
 
     return await wait_until(settled, within=within)
 
@@ -104,6 +116,7 @@ async def test_two_people_at_once_keep_separate_histories(
     tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
 ) -> None:
     async with FakeOllamaServer(models=["llama2"], tokens_per_second=200, num_parallel=2) as fake:
+        fake.script("llama2", ["This answer is complete."] * 4)
         async with running_bot(
             make_config(tmp_path, emulator.url, [fake.url], backends={"max_concurrent": 2})
         ):
@@ -112,16 +125,16 @@ async def test_two_people_at_once_keep_separate_histories(
                 discord_api.mention("general", "bob", "bob asks about dogs"),
             )
             (aa,), (ab,) = await asyncio.gather(
-                final_reply(discord_api, "general", qa["id"], within=15),
-                final_reply(discord_api, "general", qb["id"], within=15),
+                final_reply(discord_api, "general", qa["id"], contains="complete.", within=15),
+                final_reply(discord_api, "general", qb["id"], contains="complete.", within=15),
             )
             qa2, qb2 = await asyncio.gather(
                 discord_api.say("general", "alice", "and kittens?", reply_to=aa["id"]),
                 discord_api.say("general", "bob", "and puppies?", reply_to=ab["id"]),
             )
             await asyncio.gather(
-                final_reply(discord_api, "general", qa2["id"], within=15),
-                final_reply(discord_api, "general", qb2["id"], within=15),
+                final_reply(discord_api, "general", qa2["id"], contains="complete.", within=15),
+                final_reply(discord_api, "general", qb2["id"], contains="complete.", within=15),
             )
         requests = chat_requests(fake.requests)
     followups = {conversation(r)[-1][1]: conversation(r) for r in requests if len(conversation(r)) > 1}
