@@ -600,10 +600,14 @@ class DiscordEmulator:
         *,
         extra: dict[str, Any] | None = None,
         ephemeral: bool = False,
+        loading: bool = False,
     ) -> tuple[int, StoredMessage]:
-        """Create (or, for a repeated enforced nonce, return) a message; dispatch MESSAGE_CREATE."""
+        """Create (or, for a repeated enforced nonce, return) a message; dispatch MESSAGE_CREATE.
+
+        ``loading`` is the empty "thinking…" message a deferred interaction shows.
+        """
         world = self.world
-        self._validate(payload, files, require_body=True)
+        self._validate(payload, files, require_body=not loading)
         nonce = payload.get("nonce")
         if nonce is not None and payload.get("enforce_nonce"):
             for existing in reversed(world.messages[channel_id]):
@@ -939,16 +943,15 @@ class DiscordEmulator:
                 "user": world.users[interaction.user_id],
             },
         }
-        if loading:
-            self._validate(payload, files, require_body=False)
-            payload = {**payload, "content": " "}
-        status, stored = await self._create_message(
-            interaction.channel_id, world.bot_id, payload, files, extra=extra, ephemeral=ephemeral
+        return await self._create_message(
+            interaction.channel_id,
+            world.bot_id,
+            payload,
+            files,
+            extra=extra,
+            ephemeral=ephemeral,
+            loading=loading,
         )
-        if loading:
-            stored.data["content"] = ""
-            stored.history[0]["content"] = ""
-        return status, stored
 
     async def _webhook_route(self, request: web.Request, method: str, parts: list[str]) -> web.Response:
         if parts[1] != str(self.world.application_id):
