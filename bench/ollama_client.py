@@ -35,12 +35,16 @@ async def raw_stream(host: str, port: int, body: bytes) -> int:
     ).encode() + body
     writer.write(request)
     await writer.drain()
-    lines = 0
+    # Count token objects without parsing: the body is chunked, so line breaks alone would overcount.
+    # A marker split across two reads is caught by keeping the tail of the previous read.
+    marker, tokens, tail = b'"done": false', 0, b""
     while chunk := await reader.read(65536):
-        lines += chunk.count(b"\n")
+        data = tail + chunk
+        tokens += data.count(marker)
+        tail = data[-(len(marker) - 1) :] if not data.endswith(marker) else b""
     writer.close()
     await writer.wait_closed()
-    return lines - 1  # the final done line carries no token
+    return tokens
 
 
 async def client_stream(client: OllamaClient, prompt: str, tokens: int) -> int:

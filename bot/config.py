@@ -92,6 +92,8 @@ class ChatConfig:
     )
     history_messages: int = field(default=20, metadata=_range(0, 100))
     history_chars: int = field(default=12000, metadata=_range(500, 500000))
+    # A longer reply is cut after this many messages and attached whole as a file.
+    max_reply_messages: int = field(default=4, metadata=_range(2, 20))
     # Minimum seconds between two edits of one streaming message.
     edit_interval: float = field(default=1.2, metadata=_range(0.2, 30.0))
     allow_dms: bool = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -22,6 +23,7 @@ from bot.ratelimit import ChannelBudgets, WriteKind
 log = logging.getLogger(__name__)
 
 EMPTY_REPLY = "*(the model returned an empty reply)*"
+OVERFLOW_NOTE = "*(the reply is longer than this; the whole of it is attached as a file)*"
 # Discord shows "is typing…" for about 10 s after each trigger.
 TYPING_REFRESH_SECONDS = 8.0
 
@@ -42,9 +44,11 @@ class StreamedReply:
         *,
         edit_interval: float,
         mentions: discord.AllowedMentions,
+        max_messages: int = 4,
         transform: Callable[[str], str] = clean_output,
     ) -> None:
         self._origin = origin
+        self._max_messages = max(2, max_messages)
         self._channel = origin.channel
         self._budgets = budgets
         self._edit_interval = edit_interval
@@ -111,14 +115,28 @@ class StreamedReply:
         self._note = f"⚠️ *{note}*"
         self.finish()
 
-    def _chunks(self) -> list[str]:
-        final = self._final
-        body = hide_reasoning(self._transform(self.text), final=final).strip()
+    def _body(self) -> str:
+        """The text to show: reasoning hidden, cleaned, with the failure note (if any) at the end."""
+        body = hide_reasoning(self._transform(self.text), final=self._final).strip()
         if self._note:
-            body = f"{body}\n\n{self._note}" if body else self._note
-        elif final and not body:
-            body = EMPTY_REPLY
-        return split_message(body) if body else []
+            return f"{body}\n\n{self._note}" if body else self._note
+        if self._final and not body:
+            return EMPTY_REPLY
+        return body
+
+    def _chunks(self) -> list[str]:
+        body = self._body()
+        chunks = split_message(body) if body else []
+        if len(chunks) > self._max_messages:
+            # A wall of messages helps nobody (and takes a minute to post at 5 per 5 s): the last part
+            # says the whole reply follows as a file, which is attached once the reply is complete.
+            chunks = [*chunks[: self._max_messages - 1], OVERFLOW_NOTE]
+        return chunks
+
+    @property
+    def overflowed(self) -> bool:
+        """Whether the reply was too long for ``max_messages`` messages (and is attached as a file)."""
+        return self._chunks()[-1:] == [OVERFLOW_NOTE]
 
     async def _render(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,6 +151,8 @@ class StreamedReply:
                     await asyncio.sleep(delay)
                 await self._flush()
                 if self._final and not self._pending() and self._shown:
+                    if self.overflowed:
+                        await self._attach_whole_reply()
                     return
         except discord.HTTPException as exc:
             self.broken = exc
@@ -186,6 +206,17 @@ class StreamedReply:
             content,
             reference=previous.to_reference(fail_if_not_exists=False),
             allowed_mentions=self._mentions,
+        )
+
+    async def _attach_whole_reply(self) -> None:
+        await self._budgets.get(self._channel.id, "create").acquire(urgent=True)
+        file = discord.File(io.BytesIO(self._body().encode("utf-8")), filename="reply.md")
+        self._messages.append(
+            await self._channel.send(
+                file=file,
+                reference=self._messages[-1].to_reference(fail_if_not_exists=False),
+                allowed_mentions=self._mentions,
+            )
         )
 
     async def _keep_typing(self) -> None:

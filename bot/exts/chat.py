@@ -204,7 +204,11 @@ class Chat(commands.Cog):
             slot_timeout=self.config.queue_timeout,
         )
         reply = StreamedReply(
-            message, self.bot.budgets, edit_interval=self.config.edit_interval, mentions=mentions
+            message,
+            self.bot.budgets,
+            edit_interval=self.config.edit_interval,
+            mentions=mentions,
+            max_messages=self.config.max_reply_messages,
         )
         async with reply, stream:
             try:

@@ -278,3 +278,22 @@ async def test_messages_not_for_the_bot_are_ignored(
         question = await discord_api.mention("general", "alice", "now you")
         await final_reply(discord_api, "general", question["id"], contains="only this one")
     assert len(chat_requests(ollama.requests)) == 1
+
+
+async def test_a_huge_reply_is_capped_and_attached_whole(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    answer = "\n\n".join(f"Paragraph {i}: " + "lorem ipsum " * 30 for i in range(60)) + "\n\nTHE END"
+    assert len(answer) > 20000
+    ollama.script("llama2", [answer])
+    config = make_config(
+        tmp_path, emulator.url, [ollama.url], chat={"max_tokens": 20000, "max_reply_messages": 3}
+    )
+    async with running_bot(config):
+        question = await discord_api.mention("general", "alice", "write a book")
+        parts = await final_reply(discord_api, "general", question["id"], expected_parts=4, within=20)
+    assert len(parts) == 4 and all(len(p["content"]) <= 2000 for p in parts)
+    assert "attached as a file" in parts[2]["content"]
+    (attachment,) = parts[3]["attachments"]
+    assert attachment["filename"] == "reply.md" and attachment["text"] == answer
+    assert all(p["pinged"] == [] for p in parts)
