@@ -129,7 +129,7 @@ class EmulatorControl:
         response.raise_for_status()
 
     async def invoke(
-        self, channel: str, user: str, command: str, bypass_permissions: bool = False, **options: Any
+        self, channel: str, user: str, command: str, /, bypass_permissions: bool = False, **options: Any
     ) -> dict[str, Any]:
         """Run a slash command as ``user``; returns ``{"interaction_id", "token"}``."""
         body: dict[str, Any] = {

@@ -846,7 +846,12 @@ class DiscordEmulator:
                 "application_id": str(self.world.application_id),
                 "version": str(self.world.ids.next()),
                 "type": command.get("type", 1),
-                "default_member_permissions": command.get("default_member_permissions"),
+                # Discord answers permission bitfields as strings, whatever the client sent.
+                "default_member_permissions": (
+                    None
+                    if command.get("default_member_permissions") is None
+                    else str(command["default_member_permissions"])
+                ),
             }
             if guild_id is not None:
                 stored["guild_id"] = str(guild_id)
