@@ -76,11 +76,18 @@ class Chat(commands.Cog):
 
     async def cog_unload(self) -> None:
         """Let replies in progress finish (briefly), then stop the rest; the listener is already removed."""
-        if self._answering:
-            _, unfinished = await asyncio.wait(self._answering, timeout=SHUTDOWN_GRACE_SECONDS)
+        try:
+            await asyncio.wait_for(self.wait_until_idle(), SHUTDOWN_GRACE_SECONDS)
+        except TimeoutError:
+            unfinished = list(self._answering)
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def wait_until_idle(self) -> None:
+        """Return once no reply is being written (replies that start meanwhile are waited for too)."""
+        while self._answering:
+            await asyncio.wait(set(self._answering))
 
     # -- triggering ------------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ RATE_PERIOD = 5.0
 NONCE_WINDOW = 300.0
 EPHEMERAL = 64
 LOADING = 128
+HEARTBEAT_ACK_DELAY = 0.03
 INTENT_MEMBERS = 1 << 1
 INTENT_MESSAGE_CONTENT = 1 << 15
 PRIVILEGED = {"members": INTENT_MEMBERS, "message_content": INTENT_MESSAGE_CONTENT}
@@ -218,6 +219,9 @@ class DiscordEmulator:
                 payload = json.loads(frame.data)
                 op, data = payload.get("op"), payload.get("d")
                 if op == 1:
+                    # Discord's ACK takes tens of milliseconds; an instant one races discord.py's keep-alive
+                    # thread, which then measures the ACK against the previous heartbeat ("can't keep up").
+                    await asyncio.sleep(HEARTBEAT_ACK_DELAY)
                     await socket.send_str(json.dumps({"op": 11}))
                 elif op == 2:
                     session = await self._identify(socket, data)
