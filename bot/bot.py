@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -88,6 +90,14 @@ class LLMBot(commands.Bot):
         await self.db.set_meta(COMMANDS_HASH_KEY, digest)
         log.info("synced %d slash command(s) to %s", len(payload), list(guild_ids) or "all servers")
         return True
+
+    async def close(self) -> None:
+        # Closed while discord.py still waits for guilds after READY (guild_ready_timeout), its ready task
+        # would later dispatch on the closed client and die with a traceback: let that short wait end first.
+        if self.ws is not None and not self.is_ready():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait_until_ready(), self.config.discord.guild_ready_timeout + 1)
+        await super().close()
 
     async def on_message(self, message: discord.Message, /) -> None:
         # The bot has no prefix commands: without this override commands.Bot would try to run

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +56,76 @@ def test_token_in_file_is_not_echoed_by_errors(tmp_path: Path) -> None:
     result = run_bot("--config", str(bad))
     assert result.returncode == 2
     assert "SECRET-TOKEN" not in result.stderr + result.stdout
+
+
+async def test_sigterm_stops_cleanly_puts_the_job_back_and_restart_does_not_resync(
+    tmp_path: Path, emulator: Any, discord_api: Any
+) -> None:
+    import asyncio
+    import contextlib
+    import signal
+    import sqlite3
+
+    from tests.fakes.ollama_server import FakeOllamaServer
+    from tests.harness import TOKEN, wait_until
+
+    database = tmp_path / "bot.sqlite3"
+    config = tmp_path / "config.toml"
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=20) as slow:
+        slow.script("mistral:latest", ["word " * 2000])
+        config.write_text(
+            f'[discord]\napi_base = "{emulator.api_base}"\ngateway_url = "{emulator.gateway_url}"\n'
+            f'guild_ready_timeout = 0.05\n[database]\npath = "{database}"\n[[backends]]\nurl = "{slow.url}"\n'
+        )
+        environment = {**os.environ, "DISCORD_TOKEN": TOKEN}
+
+        async def start() -> asyncio.subprocess.Process:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                "--config",
+                str(config),
+                cwd=ROOT,
+                env=environment,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            await wait_until(lambda: _connected(discord_api), within=20)
+            return process
+
+        async def command_syncs() -> int:
+            return len(
+                [r for r in await discord_api.requests() if r["method"] == "PUT" and "commands" in r["path"]]
+            )
+
+        bot = await start()
+        invocation = await discord_api.invoke("general", "alice", "blog new", topic="interrupted")
+        await discord_api.answered(invocation["interaction_id"])
+        await wait_until(lambda: _true(any(r["first_token_at"] for r in slow.requests)), within=10)
+        bot.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(bot.communicate(), 20)
+        assert bot.returncode == 0, output.decode()[-2000:]
+        assert b"Traceback" not in output, output.decode()[-3000:]
+        await wait_until(lambda: _true(slow.requests[-1]["disconnected"]), within=5)
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            state, attempts = connection.execute("SELECT state, attempts FROM jobs WHERE id = 1").fetchone()
+        assert (state, attempts) == ("queued", 0), "the job went back to the queue without losing an attempt"
+        assert await command_syncs() == 1
+        await wait_until(lambda: _disconnected(discord_api), within=10)
+        again = await start()
+        again.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(again.communicate(), 20)
+        assert await command_syncs() == 1, "an unchanged command set is not synced again"
+
+
+async def _connected(api: Any) -> bool:
+    return bool((await api.refresh())["sessions"])
+
+
+async def _disconnected(api: Any) -> bool:
+    return not (await api.refresh())["sessions"]
+
+
+async def _true(value: object) -> bool:
+    return bool(value)

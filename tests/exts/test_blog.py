@@ -206,3 +206,29 @@ async def _contains(text_coroutine: Any, needle: str) -> str | None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_deleted_channel_fails_the_job_and_the_requester_gets_the_article(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl, http: Any
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=50) as slow:
+        slow.script("mistral:latest", [ARTICLE])
+        async with running_bot(make_config(tmp_path, emulator.url, [slow.url], blog=FAST_BLOG)) as runner:
+            invocation = await discord_api.invoke("blog", "bob", "blog new", topic="into the void")
+            await discord_api.answered(invocation["interaction_id"])
+            await wait_until(lambda: _true(any(r["first_token_at"] for r in slow.requests)))
+            deleted = await http.delete(f"{emulator.url}/_emulator/channels/{discord_api.channel('blog')}")
+            assert deleted.status_code == 200
+            assert runner.bot is not None
+            store = runner.bot.get_cog("Blog").store  # type: ignore[union-attr]
+            job = await wait_until(lambda: _finished(store, 1), within=15)
+    assert job.state == "failed" and job.error == "the channel no longer exists"
+    dm = discord_api.state["dm_channels"]["bob"]
+    (notice,) = (await http.get(f"{emulator.url}/_emulator/channels/{dm}/messages")).json()
+    assert "could not be posted (the channel no longer exists)" in notice["content"]
+    assert notice["attachments"][0]["filename"] == "owls-at-night.md"
+
+
+async def _finished(store: Any, job_id: int) -> Any:
+    job = await store.get(job_id)
+    return job if job is not None and job.state in ("delivered", "failed", "cancelled") else None

@@ -297,3 +297,35 @@ async def test_a_huge_reply_is_capped_and_attached_whole(
     (attachment,) = parts[3]["attachments"]
     assert attachment["filename"] == "reply.md" and attachment["text"] == answer
     assert all(p["pinged"] == [] for p in parts)
+
+
+async def test_direct_messages_are_answered(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    discord_api: EmulatorControl,
+    http: Any,
+) -> None:
+    ollama.script("llama2", ["hello in private"])
+    dm_channel = discord_api.state["dm_channels"]["alice"]
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url])):
+        sent = await http.post(
+            f"{emulator.url}/_emulator/messages",
+            json={
+                "channel_id": dm_channel,
+                "author_id": discord_api.user("alice"),
+                "content": "hi, no mention needed",
+            },
+        )
+        question = sent.json()
+
+        async def answered() -> list[dict[str, Any]] | None:
+            messages = (await http.get(f"{emulator.url}/_emulator/channels/{dm_channel}/messages")).json()
+            replies = [
+                m for m in messages if (m.get("message_reference") or {}).get("message_id") == question["id"]
+            ]
+            return replies if replies and "private" in replies[0]["content"] else None
+
+        (reply,) = await wait_until(answered)
+    assert reply["content"] == "hello in private"
+    assert conversation(chat_requests(ollama.requests)[-1]) == [("user", "hi, no mention needed")]
