@@ -20,32 +20,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, DiscordEmulatorProcess, FakeOllamaProcess, percentile, poll, write_results
+from bench.common import ROOT, DiscordEmulatorProcess, FakeOllamaProcess, percentile, write_results
 from bot.blog.store import Article, BlogRequest, JobStore, Quotas
 from bot.db import Database
+from tests.harness import config_toml, wait_until
 
 ARTICLE = "# Bench Post\n\n" + "word " * 50
 
 
 def bot_config(emulator_url: str, ollama_url: str, database: Path) -> str:
-    return f"""
-[discord]
-api_base = "{emulator_url}/api/v10"
-gateway_url = "{emulator_url.replace("http://", "ws://")}/"
-guild_ready_timeout = 0.1
-[database]
-path = "{database}"
-[[backends]]
-url = "{ollama_url}"
-max_concurrent = 4
-[blog]
-workers = 4
-max_queued_per_user = 1000
-max_queued_per_guild = 1000
-progress_interval = 5.0
-[logging]
-level = "WARNING"
-"""
+    blog = {"workers": 4, "max_queued_per_user": 1000, "max_queued_per_guild": 1000, "progress_interval": 5.0}
+    return config_toml(
+        emulator_url,
+        ollama_url,
+        database,
+        backend={"max_concurrent": 4},
+        blog=blog,
+        logging={"level": "WARNING"},
+    )
 
 
 async def end_to_end(invocations: int) -> dict[str, Any]:
@@ -67,7 +59,7 @@ async def end_to_end(invocations: int) -> dict[str, Any]:
                     state: dict[str, Any] = await emulator.get("/_emulator/state")
                     return state if state["sessions"] and state["commands"] else None
 
-                state = await poll(ready, within=30)
+                state = await wait_until(ready, within=30)
                 channels = [state["channels"]["general"], state["channels"]["blog"]]
                 users = list(state["users"].values())
 
@@ -87,7 +79,7 @@ async def end_to_end(invocations: int) -> dict[str, Any]:
                     records = [await emulator.get(f"/_emulator/interactions/{i}") for i in interaction_ids]
                     return records if all(r["callbacks"] for r in records) else None
 
-                records = await poll(all_answered, within=60, interval=0.2)
+                records = await wait_until(all_answered, within=60, interval=0.2)
                 acks = [(r["callbacks"][0]["at"] - r["dispatched_at"]) * 1000 for r in records]
                 first_ack = min(r["callbacks"][0]["at"] for r in records)
 
@@ -99,7 +91,7 @@ async def end_to_end(invocations: int) -> dict[str, Any]:
                                 times.append(message["history"][0]["at"])
                     return times if len(times) >= invocations else None
 
-                posted = await poll(delivered, within=600, interval=0.5)
+                posted = await wait_until(delivered, within=600, interval=0.5)
                 too_many = [r for r in await emulator.get("/_emulator/requests") if r["status"] == 429]
             finally:
                 bot.terminate()

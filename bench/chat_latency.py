@@ -22,31 +22,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, DiscordEmulatorProcess, FakeOllamaProcess, percentile, poll, write_results
+from bench.common import ROOT, DiscordEmulatorProcess, FakeOllamaProcess, percentile, write_results
+from tests.harness import config_toml, wait_until
 
 EDIT_INTERVAL = 1.2
 
 
 def bot_config(emulator_url: str, ollama_url: str, database: Path) -> str:
-    return f"""
-[discord]
-api_base = "{emulator_url}/api/v10"
-gateway_url = "{emulator_url.replace("http://", "ws://")}/"
-guild_ready_timeout = 0.1
-[database]
-path = "{database}"
-[[backends]]
-url = "{ollama_url}"
-max_concurrent = 1
-[chat]
-edit_interval = {EDIT_INTERVAL}
-cooldown_seconds = 0.0
-max_streams_per_user = 10
-queue_timeout = 300.0
-max_tokens = 1000
-[logging]
-level = "WARNING"
-"""
+    chat = {
+        "edit_interval": EDIT_INTERVAL,
+        "cooldown_seconds": 0.0,
+        "max_streams_per_user": 10,
+        "queue_timeout": 300.0,
+        "max_tokens": 1000,
+    }
+    return config_toml(emulator_url, ollama_url, database, chat=chat, logging={"level": "WARNING"})
 
 
 async def start_bot(config_path: Path, emulator: DiscordEmulatorProcess) -> asyncio.subprocess.Process:
@@ -59,7 +49,7 @@ async def start_bot(config_path: Path, emulator: DiscordEmulatorProcess) -> asyn
         sessions: list[Any] = (await emulator.get("/_emulator/state"))["sessions"]
         return sessions or None
 
-    await poll(connected, within=30)
+    await wait_until(connected, within=30)
     await asyncio.sleep(0.5)  # let discord.py finish its READY handling before the first mention
     return process
 

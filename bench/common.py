@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-
-T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -25,16 +22,6 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {path.relative_to(ROOT)}")
     return path
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], *, within: float, interval: float = 0.05) -> T:
-    """Ask another process ``probe`` until it answers something truthy (there is no event to await)."""
-    async with asyncio.timeout(within):
-        while True:
-            result = await probe()
-            if result:
-                return result
-            await asyncio.sleep(interval)
 
 
 def percentile(values: list[float], fraction: float) -> float:

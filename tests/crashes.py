@@ -26,7 +26,7 @@ from typing import Any
 
 from tests.fakes.discord_server import DiscordEmulator
 from tests.fakes.ollama_server import FakeOllamaServer
-from tests.harness import TOKEN, EmulatorControl, wait_until
+from tests.harness import TOKEN, EmulatorControl, config_toml, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_MARKER = re.compile(r"^📝 Blog post #(\d+) ")
@@ -51,26 +51,15 @@ class CrashReport:
 
 
 def config_text(emulator_url: str, ollama_url: str, database: Path) -> str:
-    return f"""
-[discord]
-api_base = "{emulator_url}/api/v10"
-gateway_url = "{emulator_url.replace("http://", "ws://")}/"
-guild_ready_timeout = 0.05
-[database]
-path = "{database}"
-[[backends]]
-url = "{ollama_url}"
-max_concurrent = 2
-[blog]
-workers = 2
-lease_seconds = 5.0
-progress_interval = 0.5
-retry_base_seconds = 0.2
-max_queued_per_user = 20
-max_queued_per_guild = 100
-[logging]
-level = "INFO"
-"""
+    blog = {
+        "workers": 2,
+        "lease_seconds": 5.0,
+        "progress_interval": 0.5,
+        "retry_base_seconds": 0.2,
+        "max_queued_per_user": 20,
+        "max_queued_per_guild": 100,
+    }
+    return config_toml(emulator_url, ollama_url, database, backend={"max_concurrent": 2}, blog=blog)
 
 
 class BotProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +52,39 @@ def make_config(
         ),
         blog=dataclasses.replace(BlogConfig(), **(blog or {})),
     )
+
+
+def config_toml(
+    emulator_url: str,
+    backend_url: str,
+    database: Path,
+    *,
+    backend: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
+) -> str:
+    """The same kind of config as :func:`make_config`, as TOML text, for a bot run as ``python -m bot``."""
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        return json.dumps(item)  # a JSON string or number is valid TOML
+
+    tables = {
+        "discord": {
+            "api_base": f"{emulator_url}/api/v10",
+            "gateway_url": emulator_url.replace("http://", "ws://") + "/",
+            "guild_ready_timeout": 0.05,
+        },
+        "database": {"path": str(database)},
+        **sections,
+    }
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {value(item)}" for key, item in table.items())
+    lines.append("[[backends]]")
+    lines.extend(f"{key} = {value(item)}" for key, item in {"url": backend_url, **(backend or {})}.items())
+    return "\n".join(lines) + "\n"
 
 
 async def wait_until(
@@ -253,6 +287,7 @@ __all__ = [
     "EmulatorControl",
     "FakeOllamaControl",
     "RunningBot",
+    "config_toml",
     "make_config",
     "running_bot",
     "wait_until",

@@ -17,6 +17,7 @@ from bot.llm._errors import (
     ModelNotFound,
     StreamFailed,
 )
+from bot.llm._http import HTTPBackendClient
 from bot.llm._stream import TextStream
 from bot.llm._types import ChatMessage, GenerationStats, RetryPolicy, Timeouts
 
@@ -25,31 +26,12 @@ _TRANSIENT_500_MARKERS = ("terminated", "unexpectedly stopped", "timed out waiti
 _NANOSECONDS = 1e9
 
 
-class OllamaClient:
+class OllamaClient(HTTPBackendClient):
     """One Ollama server, spoken to through a shared :class:`httpx.AsyncClient`.
 
     The client knows nothing of Discord. It never creates its own HTTP client: pass the one the
     application owns, so connections are pooled and closed in one place.
     """
-
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        base_url: str,
-        *,
-        name: str = "",
-        connect_timeout: float = 5.0,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self._http = http
-        self.base_url = base_url.rstrip("/")
-        self.name = name or self.base_url
-        # The read timeout is handled per phase by TextStream; httpx only bounds connecting and writing.
-        self._stream_timeout = httpx.Timeout(
-            connect=connect_timeout, read=None, write=connect_timeout, pool=None
-        )
-        self._request_timeout = httpx.Timeout(connect_timeout, read=max(connect_timeout, 10.0))
-        self._retry = retry or RetryPolicy()
 
     def chat(
         self,
@@ -120,48 +102,7 @@ class OllamaClient:
         retry: RetryPolicy | None,
     ) -> TextStream:
         wire = _OllamaWire(self.name, model, chat=path == "/api/chat")
-        url = self.base_url + path
-
-        async def send() -> httpx.Response:
-            request = self._http.build_request("POST", url, json=body, timeout=self._stream_timeout)
-            try:
-                return await self._http.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise BackendUnavailable(
-                    f"cannot connect to {self.name} (timed out)", backend=self.name
-                ) from exc
-            except httpx.TransportError as exc:
-                raise BackendUnavailable(
-                    f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
-                ) from exc
-
-        return TextStream(send, wire, timeouts=timeouts or Timeouts(), retry=retry or self._retry)
-
-    async def _get_json(self, path: str) -> dict[str, Any]:
-        try:
-            response = await self._http.get(self.base_url + path, timeout=self._request_timeout)
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(
-                f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
-            ) from exc
-        if response.status_code != 200:
-            raise BackendError(
-                f"{path} answered HTTP {response.status_code}",
-                status=response.status_code,
-                retryable=response.status_code >= 500,
-                backend=self.name,
-            )
-        try:
-            data = response.json()
-        except ValueError:
-            raise BackendError(
-                f"{path} answered with invalid JSON", status=200, retryable=False, backend=self.name
-            ) from None
-        if not isinstance(data, dict):
-            raise BackendError(
-                f"{path} answered with unexpected JSON", status=200, retryable=False, backend=self.name
-            )
-        return data
+        return self._open_stream(path, body, wire, timeouts, retry)
 
 
 class _OllamaWire:

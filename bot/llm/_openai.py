@@ -18,6 +18,7 @@ from bot.llm._errors import (
     ModelNotFound,
     StreamFailed,
 )
+from bot.llm._http import HTTPBackendClient
 from bot.llm._stream import TextStream
 from bot.llm._types import ChatMessage, GenerationStats, RetryPolicy, Timeouts
 
@@ -31,26 +32,8 @@ _OPTION_FIELDS = {
 }
 
 
-class OpenAIClient:
+class OpenAIClient(HTTPBackendClient):
     """One OpenAI-compatible server. Same interface as :class:`~bot.llm.OllamaClient`."""
-
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        base_url: str,
-        *,
-        name: str = "",
-        connect_timeout: float = 5.0,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self._http = http
-        self.base_url = base_url.rstrip("/")
-        self.name = name or self.base_url
-        self._stream_timeout = httpx.Timeout(
-            connect=connect_timeout, read=None, write=connect_timeout, pool=None
-        )
-        self._request_timeout = httpx.Timeout(connect_timeout, read=max(connect_timeout, 10.0))
-        self._retry = retry or RetryPolicy()
 
     def chat(
         self,
@@ -71,19 +54,7 @@ class OpenAIClient:
         for option, value in (options or {}).items():
             if option in _OPTION_FIELDS:
                 body[_OPTION_FIELDS[option]] = value
-        url = self.base_url + "/v1/chat/completions"
-        wire = _SSEWire(self.name, model)
-
-        async def send() -> httpx.Response:
-            request = self._http.build_request("POST", url, json=body, timeout=self._stream_timeout)
-            try:
-                return await self._http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                raise BackendUnavailable(
-                    f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
-                ) from exc
-
-        return TextStream(send, wire, timeouts=timeouts or Timeouts(), retry=retry or self._retry)
+        return self._open_stream("/v1/chat/completions", body, _SSEWire(self.name, model), timeouts, retry)
 
     def generate(
         self,
@@ -114,30 +85,6 @@ class OpenAIClient:
     async def loaded_models(self) -> list[str]:
         """Not knowable through this API: nothing is reported as loaded."""
         return []
-
-    async def _get_json(self, path: str) -> dict[str, Any]:
-        try:
-            response = await self._http.get(self.base_url + path, timeout=self._request_timeout)
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(
-                f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
-            ) from exc
-        if response.status_code != 200:
-            raise BackendError(
-                f"{path} answered HTTP {response.status_code}",
-                status=response.status_code,
-                retryable=response.status_code >= 500,
-                backend=self.name,
-            )
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise BackendError(
-                f"{path} answered with unexpected JSON", status=200, retryable=False, backend=self.name
-            )
-        return data
 
 
 class _SSEWire:
