@@ -97,6 +97,8 @@ class ChatConfig:
     # Minimum seconds between two edits of one streaming message.
     edit_interval: float = field(default=1.2, metadata=_range(0.2, 30.0))
     allow_dms: bool = True
+    # Answer a mention in a new thread started from it; the thread is then the conversation.
+    reply_in_threads: bool = False
     cooldown_seconds: float = field(default=2.0, metadata=_range(0.0, 3600.0))
     max_streams_per_user: int = field(default=1, metadata=_range(1, 10))
     # Longest wait for a free model slot before the user is told the server is busy.

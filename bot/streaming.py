@@ -45,11 +45,13 @@ class StreamedReply:
         edit_interval: float,
         mentions: discord.AllowedMentions,
         max_messages: int = 4,
+        channel: discord.abc.Messageable | None = None,
         transform: Callable[[str], str] = clean_output,
     ) -> None:
         self._origin = origin
         self._max_messages = max(2, max_messages)
-        self._channel = origin.channel
+        # Usually the question's channel; a thread started from the question otherwise.
+        self._channel: discord.abc.Messageable = channel or origin.channel
         self._budgets = budgets
         self._edit_interval = edit_interval
         self._mentions = mentions
@@ -158,7 +160,7 @@ class StreamedReply:
             self.broken = exc
             log.warning(
                 "stopped streaming reply channel=%s origin=%s: Discord refused a write (%s %s)",
-                self._channel.id,
+                self._channel_id,
                 self._origin.id,
                 exc.status,
                 exc.code,
@@ -181,7 +183,7 @@ class StreamedReply:
                 index += 1
                 continue
             kind: WriteKind = "edit" if index < len(self._messages) else "create"
-            await self._budgets.get(self._channel.id, kind).acquire(urgent=self._final)
+            await self._budgets.get(self._channel_id, kind).acquire(urgent=self._final)
             content = self._chunks()[index]  # the freshest text, now that the write is allowed
             if kind == "edit":
                 self._messages[index] = await self._messages[index].edit(
@@ -202,14 +204,20 @@ class StreamedReply:
         # The first message replies to the question; later ones reply to the previous part, so the
         # reply chain (which is the conversation's memory) runs through every part in order.
         previous = self._messages[-1] if self._messages else self._origin
+        same_channel = previous.channel.id == self._channel_id
         return await self._channel.send(
             content,
-            reference=previous.to_reference(fail_if_not_exists=False),
+            # Discord replies stay within one channel: the first part in a new thread stands alone.
+            reference=previous.to_reference(fail_if_not_exists=False) if same_channel else None,  # type: ignore[arg-type]
             allowed_mentions=self._mentions,
         )
 
+    @property
+    def _channel_id(self) -> int:
+        return int(getattr(self._channel, "id", 0))
+
     async def _attach_whole_reply(self) -> None:
-        await self._budgets.get(self._channel.id, "create").acquire(urgent=True)
+        await self._budgets.get(self._channel_id, "create").acquire(urgent=True)
         file = discord.File(io.BytesIO(self._body().encode("utf-8")), filename="reply.md")
         self._messages.append(
             await self._channel.send(
@@ -225,7 +233,7 @@ class StreamedReply:
             try:
                 await self._channel.typing()
             except discord.HTTPException as exc:
-                log.debug("typing indicator refused in channel %s: %s", self._channel.id, exc)
+                log.debug("typing indicator refused in channel %s: %s", self._channel_id, exc)
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_text.wait(), TYPING_REFRESH_SECONDS)

@@ -8,6 +8,7 @@ when the bot restarts and two people talking at once never share a history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import re
@@ -121,7 +122,7 @@ class Chat(commands.Cog):
         assert task is not None
         self._answering.add(task)
         try:
-            await self._answer(message, question, settings)
+            await self._answer(message, question, settings, await self._reply_channel(message, question))
         finally:
             self._answering.discard(task)
             self._streaming[message.author.id] -= 1
@@ -142,6 +143,8 @@ class Chat(commands.Cog):
             return False
         if message.guild is None:
             return self.config.allow_dms
+        if self._own_thread(message.channel):
+            return True  # in a thread the bot started, every message continues the conversation
         if any(user.id == me.id for user in message.mentions) and f"{me.id}>" in message.content:
             return True
         if message.guild.self_role is not None and message.guild.self_role in message.role_mentions:
@@ -173,7 +176,28 @@ class Chat(commands.Cog):
 
     # -- answering -------------------------------------------------------------------------------------
 
-    async def _answer(self, message: discord.Message, question: str, settings: GuildSettings) -> None:
+    async def _reply_channel(self, message: discord.Message, question: str) -> discord.abc.Messageable:
+        """Where the answer goes: a new thread started from the question when ``reply_in_threads`` is on
+        (and the question is a fresh mention in a text channel), else the question's channel."""
+        if not self.config.reply_in_threads or not isinstance(message.channel, discord.TextChannel):
+            return message.channel
+        if message.reference is not None:
+            return message.channel  # a reply continues its chain where it is
+        try:
+            return await message.create_thread(name=(question.splitlines()[0][:90] or "conversation"))
+        except discord.HTTPException as exc:
+            log.info(
+                "could not start a thread in channel %s (%s); answering in place", message.channel.id, exc
+            )
+            return message.channel
+
+    async def _answer(
+        self,
+        message: discord.Message,
+        question: str,
+        settings: GuildSettings,
+        channel: discord.abc.Messageable,
+    ) -> None:
         loop = asyncio.get_running_loop()
         received_at = loop.time()
         model = settings.chat_model or self.config.model
@@ -216,6 +240,7 @@ class Chat(commands.Cog):
             edit_interval=self.config.edit_interval,
             mentions=mentions,
             max_messages=self.config.max_reply_messages,
+            channel=channel,
         )
         async with reply, stream:
             try:
@@ -268,15 +293,10 @@ class Chat(commands.Cog):
         limit = self.config.history_messages
         if limit == 0:
             return []
-        chain: list[discord.Message] = []
-        current = message
-        # Walk the reply chain; a multi-part answer counts as one turn, so allow for its parts.
-        while len(chain) < limit * 4:
-            parent = await self._referenced(current)
-            if parent is None:
-                break
-            chain.append(parent)
-            current = parent
+        if self._own_thread(message.channel):
+            chain = await self._thread_history(message, limit * 4)
+        else:
+            chain = await self._reply_chain(message, limit * 4)
         turns: list[Turn] = []
         for earlier in reversed(chain):
             if earlier.author.id == me.id:
@@ -288,6 +308,34 @@ class Chat(commands.Cog):
             else:
                 turns.append(Turn("user", earlier.author.display_name, readable_content(earlier, self.bot)))
         return [turn for turn in turns if turn.content.strip()]
+
+    async def _reply_chain(self, message: discord.Message, most: int) -> list[discord.Message]:
+        """The messages ``message`` replies to, newest first (a multi-part answer counts each part)."""
+        chain: list[discord.Message] = []
+        current = message
+        while len(chain) < most:
+            parent = await self._referenced(current)
+            if parent is None:
+                break
+            chain.append(parent)
+            current = parent
+        return chain
+
+    async def _thread_history(self, message: discord.Message, most: int) -> list[discord.Message]:
+        """The earlier messages of a thread the bot started, newest first, ending with the question that
+        started it (a thread started from a message has that message's id, in the parent channel)."""
+        thread = message.channel
+        assert isinstance(thread, discord.Thread)
+        earlier = [m async for m in thread.history(limit=most, before=message)]
+        if len(earlier) < most and isinstance(thread.parent, discord.TextChannel):
+            # If the question was deleted, the thread alone is the conversation.
+            with contextlib.suppress(discord.NotFound, discord.Forbidden):
+                earlier.append(await thread.parent.fetch_message(thread.id))
+        return earlier
+
+    def _own_thread(self, channel: object) -> bool:
+        me = self.bot.user
+        return isinstance(channel, discord.Thread) and me is not None and channel.owner_id == me.id
 
     async def _referenced(self, message: discord.Message) -> discord.Message | None:
         """The message ``message`` replies to: from the payload, the cache, or the API."""

@@ -329,3 +329,43 @@ async def test_direct_messages_are_answered(
         (reply,) = await wait_until(answered)
     assert reply["content"] == "hello in private"
     assert conversation(chat_requests(ollama.requests)[-1]) == [("user", "hi, no mention needed")]
+
+
+async def test_in_a_thread_it_started_the_thread_is_the_conversation(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    discord_api: EmulatorControl,
+    http: Any,
+) -> None:
+    ollama.script("llama2", ["first answer, in a thread", "second answer"])
+    config = make_config(tmp_path, emulator.url, [ollama.url], chat={"reply_in_threads": True})
+    async with running_bot(config):
+        question = await discord_api.mention("general", "alice", "let us talk about owls")
+        thread_id = str(question["id"])  # a thread started from a message takes the message's id
+
+        async def thread_messages() -> list[dict[str, Any]]:
+            response = await http.get(f"{emulator.url}/_emulator/channels/{thread_id}/messages")
+            return response.json() if response.status_code == 200 else []
+
+        async def answer(text: str) -> bool:
+            return any(text in m["content"] for m in await thread_messages())
+
+        await wait_until(lambda: answer("first answer"))
+        # In the thread no mention or reply is needed: every message continues the conversation.
+        await http.post(
+            f"{emulator.url}/_emulator/messages",
+            json={
+                "channel_id": thread_id,
+                "author_id": discord_api.user("alice"),
+                "content": "what do they eat?",
+            },
+        )
+        await wait_until(lambda: answer("second answer"))
+    assert (await discord_api.refresh())["threads"] == [thread_id]
+    assert conversation(chat_requests(ollama.requests)[-1]) == [
+        ("user", "let us talk about owls"),
+        ("assistant", "first answer, in a thread"),
+        ("user", "what do they eat?"),
+    ]
+    assert await discord_api.bot_replies("general") == [], "the answers went to the thread"

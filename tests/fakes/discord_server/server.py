@@ -41,6 +41,7 @@ RATE_PERIOD = 5.0
 NONCE_WINDOW = 300.0
 EPHEMERAL = 64
 LOADING = 128
+GUILD_CHANNEL_TYPES = (0, 11)  # text channels and public threads
 HEARTBEAT_ACK_DELAY = 0.03
 INTENT_MEMBERS = 1 << 1
 INTENT_MESSAGE_CONTENT = 1 << 15
@@ -494,6 +495,17 @@ class DiscordEmulator:
                 payload, files = await self._read_message(request)
                 status, message = await self._create_message(channel_id, self.world.bot_id, payload, files)
                 return _json(message.data, status, self._bucket_headers(("create", channel_id)))
+        if len(parts) == 5 and parts[2] == "messages" and parts[4] == "threads" and method == "POST":
+            found = self.world.find_message(int(parts[3])) if parts[3].isdigit() else None
+            if found is None or found[0] != channel_id:
+                return _error(404, 10008, "Unknown Message")
+            self._require(channel_id, 1 << 35)  # CREATE_PUBLIC_THREADS
+            body = await request.json()
+            thread = self.world.create_thread(
+                channel_id, int(parts[3]), str(body.get("name") or "thread")[:100]
+            )
+            await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+            return _json(thread, 201)
         if len(parts) == 4 and parts[2] == "messages" and parts[3] == "bulk-delete" and method == "POST":
             body = await request.json()
             for message_id in body.get("messages", []):
@@ -676,7 +688,7 @@ class DiscordEmulator:
         }
         if nonce is not None:
             data["nonce"] = nonce
-        if channel["type"] == 0:
+        if channel["type"] in GUILD_CHANNEL_TYPES:
             data["guild_id"] = str(world.guild_id)
         if replied is not None:
             data["message_reference"] = {
@@ -684,7 +696,7 @@ class DiscordEmulator:
                 "message_id": replied.data["id"],
                 "channel_id": str(channel_id),
             }
-            if channel["type"] == 0:
+            if channel["type"] in GUILD_CHANNEL_TYPES:
                 data["message_reference"]["guild_id"] = str(world.guild_id)
             data["referenced_message"] = replied.data
         if extra:
@@ -705,7 +717,7 @@ class DiscordEmulator:
         channel["last_message_id"] = str(message_id)
         if not ephemeral:
             event = dict(data)
-            if channel["type"] == 0:
+            if channel["type"] in GUILD_CHANNEL_TYPES:
                 event["member"] = {k: v for k, v in world.member(author_id).items() if k != "user"}
             await self.dispatch("MESSAGE_CREATE", event, message=stored)
         return 200, stored
@@ -762,7 +774,7 @@ class DiscordEmulator:
             return
         found[1].deleted = True
         event = {"id": str(message_id), "channel_id": str(channel_id)}
-        if self.world.channels[channel_id]["type"] == 0:
+        if self.world.channels[channel_id]["type"] in GUILD_CHANNEL_TYPES:
             event["guild_id"] = str(self.world.guild_id)
         await self.dispatch("MESSAGE_DELETE", event)
 
@@ -1012,6 +1024,7 @@ class DiscordEmulator:
                     name: str(world.dm_channels[user_id]) for name, user_id in world.names.items()
                 },
                 "roles": {"moderator": str(world.moderator_role), "bot": str(world.bot_role)},
+                "threads": [str(c["id"]) for c in world.channels.values() if c["type"] == 11],
                 "sessions": [
                     {"session_id": s.id, "intents": s.intents, "seq": s.seq, "connected": True}
                     for s in self.sessions.values()

@@ -277,9 +277,37 @@ class World:
             return ALL_PERMISSIONS
         return permissions
 
+    def create_thread(self, parent_id: int, message_id: int, name: str) -> dict[str, Any]:
+        """A public thread started from a message (Discord gives it the message's id), owned by the bot."""
+        thread = {
+            "id": str(message_id),
+            "type": 11,
+            "guild_id": str(self.guild_id),
+            "parent_id": str(parent_id),
+            "owner_id": str(self.bot_id),
+            "name": name,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "total_message_sent": 0,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": iso_now(),
+                "locked": False,
+            },
+        }
+        self.channels[message_id] = thread
+        self.messages[message_id] = []
+        return thread
+
     def channel_permissions(self, user_id: int, channel_id: int) -> int:
         """Permissions in a channel: guild permissions, then @everyone, role and member overwrites."""
         channel = self.channels[channel_id]
+        if channel["type"] == 11:  # a thread has its parent's permissions
+            channel = self.channels[int(channel["parent_id"])]
         if channel["type"] == 1:
             return VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | EMBED_LINKS | ATTACH_FILES
         permissions = self.guild_permissions(user_id)
