@@ -194,12 +194,13 @@ class JobStore:
         assert row is not None
         return Job.from_row(row)
 
-    async def set_status_message(self, job_id: int, message_id: int) -> None:
-        """Remember the message that shows the job's progress."""
+    async def set_status_messages(self, message_ids: dict[int, int]) -> None:
+        """Remember the messages that show jobs' progress (job id → message id), in one transaction."""
+        now = self._clock()
         async with self._db.transaction() as connection:
-            await connection.execute(
+            await connection.executemany(
                 "UPDATE jobs SET status_message_id = ?, updated_at = ? WHERE id = ?",
-                (message_id, self._clock(), job_id),
+                [(message_id, now, job_id) for job_id, message_id in message_ids.items()],
             )
 
     async def claim(self, lease_seconds: float, *, paused_guilds: frozenset[int] = frozenset()) -> Job | None:
@@ -346,6 +347,16 @@ class JobStore:
             f"SELECT * FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", (*parameters, limit)
         )
         return [Job.from_row(row) for row in rows]
+
+    async def queue_position(self, job: Job) -> int | None:
+        """The queued job's position (1 = next), counted in claim order; None if it is not queued."""
+        row = await self._db.fetch_one(
+            """SELECT COUNT(*) FROM jobs WHERE state = 'queued'
+               AND (fair_seq < ? OR (fair_seq = ? AND id <= ?))
+               AND EXISTS (SELECT 1 FROM jobs WHERE id = ? AND state = 'queued')""",
+            (job.fair_seq, job.fair_seq, job.id, job.id),
+        )
+        return (int(row[0]) or None) if row is not None else None
 
     async def queue_positions(self) -> dict[int, int]:
         """Position (1 = next) of every queued job, in the order workers will claim them."""

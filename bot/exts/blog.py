@@ -108,6 +108,9 @@ class StatusBoard:
         self._latest: dict[int, Job] = {}
         self._shown: dict[int, str] = {}
         self._edited_at: dict[int, float] = {}
+        # Status message ids known here but not yet written to the database (see remember_message).
+        self._message_ids: dict[int, int] = {}
+        self._unsaved: dict[int, int] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -119,15 +122,29 @@ class StatusBoard:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._unsaved:
+            await self._store.set_status_messages(self._unsaved)
+            self._unsaved = {}
 
     def job_changed(self, job: Job) -> None:
         self._latest[job.id] = job
+        self._wakeup.set()
+
+    def remember_message(self, job_id: int, message_id: int) -> None:
+        """The job's status message. Written to the database in batches, off the acknowledgement path:
+        a burst of /blog commands then costs one transaction each, not two (and a status message is a
+        courtesy; losing its id in a crash only stops its updates)."""
+        self._message_ids[job_id] = message_id
+        self._unsaved[job_id] = message_id
         self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._unsaved:
+                unsaved, self._unsaved = self._unsaved, {}
+                await self._store.set_status_messages(unsaved)
             positions = (
                 await self._store.queue_positions()
                 if any(job.state is JobState.QUEUED for job in self._latest.values())
@@ -146,18 +163,20 @@ class StatusBoard:
                 if final:
                     self._shown.pop(job_id, None)
                     self._edited_at.pop(job_id, None)
+                    self._message_ids.pop(job_id, None)
             if next_due is not None:
                 await asyncio.sleep(max(0.0, next_due - time.monotonic()))
                 self._wakeup.set()
 
     async def _show(self, job: Job, position: int | None, *, urgent: bool) -> None:
-        if job.status_message_id is None:
+        message_id = job.status_message_id or self._message_ids.get(job.id)
+        if message_id is None:
             return
         text = render_status(job, position=position)
         if self._shown.get(job.id) == text:
             return
         await self._bot.budgets.get(job.channel_id, "edit").acquire(urgent=urgent)
-        message = self._bot.get_partial_messageable(job.channel_id).get_partial_message(job.status_message_id)
+        message = self._bot.get_partial_messageable(job.channel_id).get_partial_message(message_id)
         try:
             await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:
@@ -248,9 +267,8 @@ class Blog(commands.Cog):
         except QuotaExceeded as exc:
             await interaction.response.send_message(_quota_message(exc), ephemeral=True)
             return
-        positions = await self.store.queue_positions()
         callback = await interaction.response.send_message(
-            render_status(job, position=positions.get(job.id)),
+            render_status(job, position=await self.store.queue_position(job)),
             allowed_mentions=discord.AllowedMentions.none(),
         )
         log.info(
@@ -261,7 +279,7 @@ class Blog(commands.Cog):
             job.target_length,
         )
         if isinstance(callback.resource, discord.InteractionMessage):
-            await self.store.set_status_message(job.id, callback.resource.id)
+            self.board.remember_message(job.id, callback.resource.id)
         self.worker.notify()
 
     @blog.command(name="status")

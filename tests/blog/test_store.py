@@ -105,6 +105,8 @@ async def test_claims_are_fair_between_users(store: JobStore) -> None:
     c1 = await store.enqueue(request(user_id=3, topic="c1"), QUOTAS)
     expected = [a1.id, b1.id, c1.id, a2.id, a3.id]
     assert list((await store.queue_positions()).keys()) == expected
+    positions = [await store.queue_position(job) for job in (a1, a2, a3, b1, c1)]
+    assert positions == [1, 4, 5, 2, 3]
     claimed = []
     while (job := await store.claim(LEASE)) is not None:
         claimed.append(job.id)
