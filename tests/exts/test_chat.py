@@ -369,3 +369,14 @@ async def test_in_a_thread_it_started_the_thread_is_the_conversation(
         ("user", "what do they eat?"),
     ]
     assert await discord_api.bot_replies("general") == [], "the answers went to the thread"
+
+
+async def test_a_question_over_the_size_limit_never_reaches_the_model(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    config = make_config(tmp_path, emulator.url, [ollama.url], chat={"max_prompt_chars": 100})
+    async with running_bot(config):
+        question = await discord_api.mention("general", "alice", "why " * 60)
+        (note,) = await final_reply(discord_api, "general", question["id"], contains="too long")
+    assert "the limit is 100" in note["content"]
+    assert chat_requests(ollama.requests) == []

@@ -367,7 +367,9 @@ class DiscordEmulator:
         method = request.method
         has_files = request.content_type.startswith("multipart/")
         bucket = self._bucket_name(method, path)
-        entry = {"method": method, "path": path, "status": 0, "at": time.monotonic(), "bucket": bucket}
+        now = time.monotonic()
+        # "time" is the issue's name for it; "at" matches the other records' time fields.
+        entry = {"method": method, "path": path, "status": 0, "time": now, "at": now, "bucket": bucket}
         self.request_log.append(entry)
         fault = self._take_fault(method, path, has_files)
         delay = 0.0
