@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bot.blog.article import STYLES, TONES
@@ -46,7 +47,16 @@ NASTY = st.sampled_from(
     ]
 )
 FRAGMENTS = st.lists(st.one_of(st.text(UNICODE, max_size=200), NASTY), max_size=12).map("".join)
-FUZZ = settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+# Deterministic, and no shrinking: each example runs a whole stack, so shrinking a failure would take minutes
+# (and swallow pytest-timeout's interrupt); the failing batch is printed as it is.
+FUZZ = settings(
+    max_examples=4,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def fill(text: str, api: EmulatorControl) -> str:
@@ -57,6 +67,7 @@ def fill(text: str, api: EmulatorControl) -> str:
     )
 
 
+@pytest.mark.timeout(300)
 @FUZZ
 @given(outputs=st.lists(FRAGMENTS, min_size=6, max_size=6))
 def test_model_output_cannot_ping_crash_or_break_limits(tmp_path_factory: Any, outputs: list[str]) -> None:
@@ -85,10 +96,13 @@ async def _chat_batch(tmp_path: Path, outputs: list[str]) -> None:
                 await api.mention("general", users[number % 3], f"question {number}")
                 await wait_until(lambda n=number: _received(ollama, n + 1), within=10)
                 await asyncio.wait_for(chat.wait_until_idle(), 30)
-            replies = await api.bot_replies("general")
+            messages = {m["id"]: m for m in await api.messages("general")}
+        replies = [m for m in messages.values() if str(m["author"]["id"]) == api.bot_id]
         assert len(replies) >= len(outputs)
         for message in replies:
-            assert message["pinged"] == [], (message["content"][:100], message["pinged"])
+            # The asker may be pinged, and only if the model wrote their mention; nobody else ever.
+            asker = _asker(message, messages)
+            assert set(message["pinged"]) <= {asker}, (message["content"][:100], message["pinged"], asker)
             assert len(message["content"]) <= 2000
             assert "Traceback" not in message["content"]
 
@@ -143,6 +157,13 @@ async def _blog_batch(tmp_path: Path, cases: list[dict[str, Any]], articles: lis
             assert len(message["content"]) <= 2000
         posts = [m for m in messages if m["attachments"]]
         assert all(m["attachments"][0]["filename"].endswith(".md") for m in posts)
+
+
+def _asker(message: dict[str, Any], messages: dict[str, dict[str, Any]]) -> str:
+    """The author of the question a bot reply (or a later part of it) answers."""
+    while str(message["author"]["bot"]).lower() == "true":
+        message = messages[message["message_reference"]["message_id"]]
+    return str(message["author"]["id"])
 
 
 async def _received(ollama: FakeOllamaServer, count: int) -> bool:
