@@ -314,21 +314,26 @@ class Blog(commands.Cog):
         found = await self._visible_job(interaction, job)
         if found is None:
             return
-        cancelled = await self.store.cancel(found.id)
+        cancelled = await self.cancel_job(found.id, by=interaction.user.id)
         if cancelled is None:
             await interaction.response.send_message(
                 f"Blog post #{found.id} has already finished ({found.state}).", ephemeral=True
             )
             return
-        stopped = self.worker.stop_generation(cancelled.id)
-        log.info(
-            "blog job %d cancelled by user=%s (generation stopped: %s)",
-            found.id,
-            interaction.user.id,
-            stopped,
-        )
-        self.job_changed(cancelled)
         await interaction.response.send_message(f"Blog post #{found.id} is cancelled.", ephemeral=True)
+
+    async def cancel_job(self, job_id: int, *, by: int) -> Job | None:
+        """Cancel an unfinished job: stop its generation now (closing the model connection) and show it.
+
+        Returns the cancelled job, or None if it had already finished. Callers check who may do this.
+        """
+        cancelled = await self.store.cancel(job_id)
+        if cancelled is None:
+            return None
+        stopped = self.worker.stop_generation(job_id)
+        log.info("blog job %d cancelled by user=%s (generation stopped: %s)", job_id, by, stopped)
+        self.job_changed(cancelled)
+        return cancelled
 
     async def _visible_job(self, interaction: discord.Interaction, job_id: int | None) -> Job | None:
         """The job a member may see: their own, or any in this server for a moderator. Answers if none."""

@@ -126,14 +126,11 @@ class Moderation(commands.Cog):
         if found is None or found.guild_id != interaction.guild_id:
             await interaction.response.send_message(f"There is no job #{job} in this server.", ephemeral=True)
             return
-        cancelled = await self._blog.store.cancel(job)
-        if cancelled is None:
+        if await self._blog.cancel_job(job, by=interaction.user.id) is None:
             await interaction.response.send_message(
                 f"Job #{job} already finished ({found.state}).", ephemeral=True
             )
             return
-        self._blog.worker.stop_generation(job)
-        self._blog.job_changed(cancelled)
         await self.bot.settings.record(interaction.guild_id, interaction.user.id, "cancel", f"job #{job}")
         await interaction.response.send_message(f"Job #{job} is cancelled.", ephemeral=True)
 
