@@ -14,10 +14,12 @@ _MAX_LANGUAGE = 20
 _CLOSE_RESERVE = 1 + _MAX_FENCE
 _SEPARATORS = ("\n\n", "\n", " ")
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>[ \t]*\n*", re.DOTALL)
+# A reasoning block, with the whitespace around it, at the very start of a reply.
+_LEADING_THINK = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
 _THINK_OPEN = "<think>"
-# C0 controls other than tab and newline, DEL, and C1 controls: invisible at best, confusing at worst.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 controls other than tab and newline, DEL, and C1 controls: invisible at best, confusing at worst. Lone
+# surrogates (a JSON "\ud800" escape decodes to one) cannot be encoded as UTF-8 at all.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
@@ -107,19 +109,25 @@ def _code_block_state(text: str) -> tuple[str, str, bool] | None:
 
 
 def hide_reasoning(text: str, *, final: bool) -> str:
-    """Remove ``<think>…</think>`` blocks that reasoning models emit before their answer.
+    """Remove the ``<think>…</think>`` block that reasoning models (DeepSeek-R1, Qwen3) emit before their
+    answer.
 
-    While streaming (``final=False``) an unclosed block and a half-written ``<think`` tag at the end are
-    held back too, so the reasoning never flashes on screen.
+    Only a block that *starts* the reply (after optional whitespace) is reasoning: one that is closed is
+    removed with the whitespace around it (and so is a second one right after it); one that is never
+    closed hides everything, also when ``final``. A ``<think>`` later in the text ("use the <think> tag")
+    is part of the answer and is left alone. While streaming (``final=False``) a half-written ``<think``
+    at the very start is held back too, so the reasoning never flashes on screen.
     """
-    text = _THINK_BLOCK.sub("", text)
-    start = text.find(_THINK_OPEN)
-    if start != -1:
-        return text[:start]
-    if not final:
-        for length in range(min(len(_THINK_OPEN) - 1, len(text)), 0, -1):
-            if _THINK_OPEN.startswith(text[-length:]):
-                return text[:-length]
+    while True:
+        match = _LEADING_THINK.match(text)
+        if match is None:
+            break
+        text = text[match.end() :]
+    head = text.lstrip()
+    if head.startswith(_THINK_OPEN):
+        return ""
+    if not final and head and _THINK_OPEN.startswith(head):
+        return ""
     return text
 
 

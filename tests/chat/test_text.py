@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot.chat.text import MESSAGE_LIMIT, _open_code_block, clean_output, hide_reasoning, split_message
@@ -12,25 +12,32 @@ from bot.chat.text import MESSAGE_LIMIT, _open_code_block, clean_output, hide_re
 FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})", re.MULTILINE)
 
 
-def rejoin(chunks: list[str]) -> str:
-    """Undo the fences split_message adds, so the original's words can be compared."""
-    parts = []
-    closed = []
+def rejoins_to(chunks: list[str], text: str) -> bool:
+    """Whether ``chunks`` are ``text`` cut up, with a closing fence added at the end of a chunk and the
+    block reopened at the start of the next (compared without whitespace, as cuts drop a separator).
+
+    Which fences split_message added cannot be read off the chunks alone: ``"A\n```"`` + ``"```\nB"`` is
+    both ``"A\n```\n```\nB"`` cut at its middle line break and a cut inside a block holding ``"A B"``.
+    So every reading is tried against the original (a set of positions in it, not a single guess).
+    """
+    target = "".join(text.split())
+    closable = [False] * len(chunks)
     for index, chunk in enumerate(chunks[:-1]):
         block = _open_code_block(chunk.rsplit("\n", 1)[0]) if "\n" in chunk else None
-        closed.append(block is not None and chunks[index + 1].startswith(f"{block[0]}{block[1]}\n"))
-    closed.append(False)
+        closable[index] = block is not None and chunks[index + 1].startswith(f"{block[0]}{block[1]}\n")
+    reachable = {(0, False)}  # (position in target, whether this chunk starts with an added reopening)
     for index, chunk in enumerate(chunks):
-        if closed[index]:
-            chunk = chunk.rsplit("\n", 1)[0]  # drop the closing fence line split_message added
-        if index > 0 and closed[index - 1]:
-            chunk = chunk.split("\n", 1)[1]  # drop the reopening fence line
-        parts.append(chunk)
-    return " ".join(parts)
-
-
-def words(text: str) -> list[str]:
-    return text.split()
+        following = set()
+        for position, reopened in reachable:
+            for closed in (False, True) if closable[index] else (False,):
+                body = chunk.rsplit("\n", 1)[0] if closed else chunk
+                if reopened:
+                    body = body.split("\n", 1)[1]
+                stripped = "".join(body.split())
+                if target.startswith(stripped, position):
+                    following.add((position + len(stripped), closed))
+        reachable = following
+    return (len(target), False) in reachable
 
 
 def test_short_text_is_one_chunk() -> None:
@@ -64,7 +71,7 @@ def test_code_block_is_closed_and_reopened_with_its_language() -> None:
         assert len(FENCE.findall(chunk)) % 2 == 0, chunk[-50:]
     assert chunks[0].endswith("\n```")
     assert chunks[1].startswith("```python\n")
-    assert words(rejoin(chunks)) == words(text)
+    assert rejoins_to(chunks, text)
 
 
 def test_tilde_fences_are_closed_with_tildes() -> None:
@@ -82,16 +89,30 @@ texts = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=200, deadline=None)
+def test_original_fences_at_a_cut_are_not_mistaken_for_added_ones() -> None:
+    # A block closed by the text itself, then a new one opened right after: the cut falls between the
+    # two fence lines, which looks exactly like a block closed and reopened by split_message.
+    text = "0000\n```\n" + "word " * 120 + "\n```\n```\n" + "word " * 120
+    chunks = split_message(text, 64)
+    assert any(chunk.endswith(" \n```") for chunk in chunks)
+    assert rejoins_to(chunks, text)
+    # The checker is not blind: a changed fence, a missing word or an extra one are caught.
+    assert not rejoins_to(chunks, text.replace("\n```\n```\n", "\n~~~\n~~~\n"))
+    assert not rejoins_to(chunks, text.replace("word ", "", 1))
+    assert not rejoins_to(chunks, text + "word")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(texts, st.integers(min_value=64, max_value=2000))
+@example(text="0000\n```\n" + "word " * 300 + "\n```\n```\n" + "word " * 300, limit=64)
 def test_split_properties(text: str, limit: int) -> None:
     chunks = split_message(text, limit)
     assert all(len(chunk) <= limit for chunk in chunks)
-    # Cuts may fall mid-word, so compare the text without its whitespace.
-    assert "".join(words(rejoin(chunks))) == "".join(words(text))
+    # Cuts may fall mid-word, so the text is compared without its whitespace.
+    assert rejoins_to(chunks, text)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(texts, st.integers(min_value=0, max_value=100))
 def test_split_is_prefix_stable(text: str, percent: int) -> None:
     prefix = text[: len(text) * percent // 100]
@@ -99,14 +120,30 @@ def test_split_is_prefix_stable(text: str, percent: int) -> None:
     assert split_message(text, 200)[: len(settled)] == settled
 
 
-def test_hide_reasoning() -> None:
+def test_hide_reasoning_at_the_start() -> None:
     assert hide_reasoning("<think>hmm\nyes</think>\nAnswer", final=True) == "Answer"
+    assert hide_reasoning("\n  <think>\nhmm\n</think>\n\n  Answer", final=False) == "Answer"
+    assert hide_reasoning("<think>a</think>\n<think>b</think>\nAnswer", final=True) == "Answer"
     assert hide_reasoning("<think>still thinking", final=False) == ""
     assert hide_reasoning("<think>never closed", final=True) == ""
-    assert hide_reasoning("Answer <thi", final=False) == "Answer "
+    assert hide_reasoning("<think>done</think>", final=False) == ""
+    for partial in ("<", "<th", " \n<think", "<think>x</think>\n<thi"):
+        assert hide_reasoning(partial, final=False) == "", partial
+    assert hide_reasoning("<thi", final=True) == "<thi"
+
+
+def test_think_later_in_the_text_is_ordinary_text() -> None:
+    prose = "Wrap the reasoning in a <think> tag, then close it with </think> when done."
+    assert hide_reasoning(prose, final=True) == prose
+    assert hide_reasoning("Use the <think> tag to", final=False) == "Use the <think> tag to"
+    assert hide_reasoning("Answer <thi", final=False) == "Answer <thi"
+    assert hide_reasoning("<think>x</think>A <think>b</think> c", final=True) == "A <think>b</think> c"
     assert hide_reasoning("a < b", final=True) == "a < b"
-    assert hide_reasoning("x <", final=True) == "x <"
+    assert hide_reasoning("x <", final=False) == "x <"
+    assert hide_reasoning("  indented", final=True) == "  indented"
 
 
 def test_clean_output_drops_controls_but_keeps_text() -> None:
     assert clean_output("a\x00b\x1b[31mc\r\nd\te\u200b") == "ab[31mc\nd\te\u200b"
+    assert clean_output("lone \ud800 surrogate \U0001f989") == "lone  surrogate \U0001f989"
+    assert clean_output("x\x85y\x7f\r") == "xy\n"
