@@ -8,15 +8,17 @@ from bot.llm._errors import (
     BackendError,
     BackendUnavailable,
     BadRequest,
+    ContextOverflow,
     LLMError,
     LLMTimeout,
     ModelNotFound,
+    Preempted,
     StreamFailed,
 )
 from bot.llm._ollama import OllamaClient
 from bot.llm._openai import OpenAIClient
 from bot.llm._stream import TextStream
-from bot.llm._types import NO_RETRY, ChatMessage, GenerationStats, RetryPolicy, Timeouts
+from bot.llm._types import NO_RETRY, ChatMessage, GenerationStats, RetryPolicy, ServerInfo, Timeouts
 
 __all__ = [
     "NO_RETRY",
@@ -25,13 +27,16 @@ __all__ = [
     "BackendUnavailable",
     "BadRequest",
     "ChatMessage",
+    "ContextOverflow",
     "GenerationStats",
     "LLMError",
     "LLMTimeout",
     "ModelNotFound",
     "OllamaClient",
     "OpenAIClient",
+    "Preempted",
     "RetryPolicy",
+    "ServerInfo",
     "StreamFailed",
     "TextStream",
     "Timeouts",

@@ -5,11 +5,16 @@ LLMError                  any failure talking to a model server
 ├── BackendBusy           503 / 429: the server's queue is full                          (retryable)
 ├── ModelNotFound         404 for the model: it is not pulled on that server              (permanent)
 ├── BadRequest            400: the request itself is wrong                                (permanent)
+│   └── ContextOverflow   the prompt does not fit the model's context window (said by the
+│                         server, or known before sending); carries the token counts
 ├── BackendError          any other HTTP error status (500 runner crashes are retryable)
 ├── StreamFailed          the reply broke off: an {"error"} line, a malformed line, the
-│                         connection dropped, or the stream ended without done:true.
-│                         ``partial_text`` holds what arrived before.
-└── LLMTimeout            connect / first byte / idle between chunks / overall deadline
+│                         connection dropped, the stream ended without done:true, or an
+│                         OpenAI-style stream said [DONE] without a finish reason (the
+│                         server interrupted it). ``partial_text`` holds what arrived before.
+├── LLMTimeout            connect / first byte / idle between chunks / overall deadline
+└── Preempted             the pool stopped this (background) reply to serve a chat first;
+                          ``partial_text`` holds what arrived before
 """
 
 from __future__ import annotations
@@ -43,15 +48,38 @@ class BackendBusy(LLMError):
 
 
 class ModelNotFound(LLMError):
-    """The server does not have the model (it needs ``ollama pull <model>``)."""
+    """The server does not have the model; ``remedy`` says how to get it there, in the server's terms."""
 
-    def __init__(self, model: str, *, backend: str = "") -> None:
+    def __init__(self, model: str, *, backend: str = "", remedy: str = "") -> None:
         super().__init__(f"model {model!r} not found", backend=backend)
         self.model = model
+        self.remedy = remedy
+
+    def explain(self) -> str:
+        """A sentence for people: what is missing, and the fix when there is a simple one."""
+        where = f" on {self.backend}" if self.backend else " on the model server"
+        return f"the model `{self.model}` is not available{where}" + (
+            f" ({self.remedy})" if self.remedy else ""
+        )
 
 
 class BadRequest(LLMError):
     """The server rejected the request as malformed (400); retrying cannot help."""
+
+
+class ContextOverflow(BadRequest):
+    """The prompt does not fit the model's context window, even with the history trimmed.
+
+    ``prompt_tokens`` is the server's count when it said so (else our estimate); ``context_tokens`` the
+    window, when known.
+    """
+
+    def __init__(
+        self, message: str, *, prompt_tokens: int | None, context_tokens: int | None, backend: str = ""
+    ) -> None:
+        super().__init__(message, backend=backend)
+        self.prompt_tokens = prompt_tokens
+        self.context_tokens = context_tokens
 
 
 class BackendError(LLMError):
@@ -82,11 +110,20 @@ class LLMTimeout(LLMError):
         self, phase: TimeoutPhase, seconds: float, *, partial_text: str = "", backend: str = ""
     ) -> None:
         descriptions = {
-            "first_byte": "no reply within",
+            "first_byte": "no text within",
             "idle": "the reply stalled for",
             "deadline": "the reply took longer than",
         }
         super().__init__(f"{descriptions[phase]} {seconds:g} s", backend=backend)
         self.phase = phase
         self.seconds = seconds
+        self.partial_text = partial_text
+
+
+class Preempted(LLMError):
+    """A background generation was stopped to give its slot to a chat; continue it later from
+    ``partial_text``. Not a failure of the server."""
+
+    def __init__(self, *, partial_text: str, backend: str = "") -> None:
+        super().__init__("stopped to let a chat reply go first", backend=backend)
         self.partial_text = partial_text

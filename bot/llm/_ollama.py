@@ -19,7 +19,7 @@ from bot.llm._errors import (
 )
 from bot.llm._http import HTTPBackendClient
 from bot.llm._stream import TextStream
-from bot.llm._types import ChatMessage, GenerationStats, RetryPolicy, Timeouts
+from bot.llm._types import ChatMessage, GenerationStats, RetryPolicy, ServerInfo, Timeouts
 
 # 500 bodies that mean the runner died or failed to start: a fresh attempt may well work.
 _TRANSIENT_500_MARKERS = ("terminated", "unexpectedly stopped", "timed out waiting")
@@ -93,6 +93,15 @@ class OllamaClient(HTTPBackendClient):
         data = await self._get_json("/api/ps")
         return [str(entry.get("name")) for entry in data.get("models") or [] if isinstance(entry, dict)]
 
+    async def probe(self) -> ServerInfo:
+        """One health check: version, pulled models and loaded models (loads nothing)."""
+        version = await self.version()
+        return ServerInfo(
+            version=version,
+            models=tuple(await self.list_models()),
+            loaded=tuple(await self.loaded_models()),
+        )
+
     def _stream(
         self,
         path: str,
@@ -119,7 +128,9 @@ class _OllamaWire:
         message = _error_text(body) or f"HTTP {status}"
         is_json_error = _error_text(body) is not None
         if status == 404 and is_json_error:
-            return ModelNotFound(self._model, backend=self.backend)
+            return ModelNotFound(
+                self._model, backend=self.backend, remedy=f"run `ollama pull {self._model}` there"
+            )
         if status == 400:
             return BadRequest(f"request refused: {message}", backend=self.backend)
         if status in (429, 503):
@@ -132,6 +143,9 @@ class _OllamaWire:
         return BackendError(
             f"HTTP {status}: {message}", status=status, retryable=transient, backend=self.backend
         )
+
+    async def diagnose_empty(self) -> LLMError | None:
+        return None  # Ollama answers errors with a status; an empty 200 is just a broken stream
 
     def parse_line(self, line: bytes) -> tuple[str, GenerationStats | None]:
         try:

@@ -1,9 +1,10 @@
-"""Client for OpenAI-compatible servers (llama.cpp server, vLLM, LM Studio, Ollama's /v1): streaming
-``/v1/chat/completions`` as server-sent events."""
+"""Client for OpenAI-compatible servers (llama.cpp server, llama-cpp-python, vLLM, LM Studio, Ollama's /v1):
+streaming ``/v1/chat/completions`` as server-sent events."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,15 +15,17 @@ from bot.llm._errors import (
     BackendError,
     BackendUnavailable,
     BadRequest,
+    ContextOverflow,
     LLMError,
     ModelNotFound,
     StreamFailed,
 )
 from bot.llm._http import HTTPBackendClient
 from bot.llm._stream import TextStream
-from bot.llm._types import ChatMessage, GenerationStats, RetryPolicy, Timeouts
+from bot.llm._types import ChatMessage, GenerationStats, RetryPolicy, ServerInfo, Timeouts
 
-# Ollama-style option names mapped to their OpenAI request fields; others are not sent.
+# Ollama-style option names mapped to their OpenAI request fields; others are not sent (the OpenAI route
+# takes no num_ctx: the context window is the server's).
 _OPTION_FIELDS = {
     "temperature": "temperature",
     "num_predict": "max_tokens",
@@ -31,9 +34,29 @@ _OPTION_FIELDS = {
     "stop": "stop",
 }
 
+# How servers word "the prompt does not fit", with the (prompt tokens, window) they give:
+#   llama-cpp-python: "This model's maximum context length is 512 tokens. However, you requested 881 tokens
+#     (831 in the messages, 50 in the completion)."  (the same wording as OpenAI and vLLM)
+#   llama-cpp-python, inner: "Requested tokens (831) exceed context window of 512"
+#   llama.cpp server: "the request exceeds the available context size" with n_prompt_tokens / n_ctx fields.
+_OPENAI_STYLE = re.compile(
+    r"maximum context length is (?P<ctx>\d+) tokens.*?requested \d+ tokens \((?P<prompt>\d+) in the",
+    re.IGNORECASE | re.DOTALL,
+)
+_LLAMA_CPP_PYTHON = re.compile(
+    r"Requested tokens \((?P<prompt>\d+)\) exceed context window of (?P<ctx>\d+)", re.IGNORECASE
+)
+_CONTEXT_WORDS = ("context length", "context window", "context size", "context_length_exceeded")
+
 
 class OpenAIClient(HTTPBackendClient):
     """One OpenAI-compatible server. Same interface as :class:`~bot.llm.OllamaClient`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The context window a llama.cpp server announces at /props; asked once.
+        self._props_asked = False
+        self._props_context: int | None = None
 
     def chat(
         self,
@@ -54,7 +77,12 @@ class OpenAIClient(HTTPBackendClient):
         for option, value in (options or {}).items():
             if option in _OPTION_FIELDS:
                 body[_OPTION_FIELDS[option]] = value
-        return self._open_stream("/v1/chat/completions", body, _SSEWire(self.name, model), timeouts, retry)
+
+        async def diagnose() -> LLMError | None:
+            return await self._check_context(body, model)
+
+        wire = _SSEWire(self.name, model, diagnose)
+        return self._open_stream("/v1/chat/completions", body, wire, timeouts, retry)
 
     def generate(
         self,
@@ -79,30 +107,110 @@ class OpenAIClient(HTTPBackendClient):
 
     async def list_models(self) -> list[str]:
         """Model ids from ``GET /v1/models``."""
-        data = await self._get_json("/v1/models")
-        return [str(entry.get("id")) for entry in data.get("data") or [] if isinstance(entry, dict)]
+        return _model_ids(await self._get_json("/v1/models"))
 
     async def loaded_models(self) -> list[str]:
-        """Not knowable through this API: nothing is reported as loaded."""
-        return []
+        """What the server serves (``GET /v1/models``): llama.cpp and vLLM list only what they have loaded."""
+        return await self.list_models()
+
+    async def probe(self) -> ServerInfo:
+        """One health check: ``GET /v1/models`` (and, once, ``GET /props`` for llama.cpp's context size).
+
+        Only for idle servers: llama-cpp-python ends a running completion when any request arrives.
+        """
+        data = await self._get_json("/v1/models")
+        models = tuple(_model_ids(data))
+        context = _max_model_len(data)
+        if context is None and not self._props_asked:
+            self._props_asked = True
+            self._props_context = await self._props_n_ctx()
+        return ServerInfo(
+            version="openai-compatible",
+            models=models,
+            loaded=models,
+            context_tokens=context or self._props_context,
+        )
+
+    async def _props_n_ctx(self) -> int | None:
+        try:
+            props = await self._get_json("/props")
+        except LLMError:
+            return None  # not a llama.cpp server (llama-cpp-python, vLLM, LM Studio answer 404)
+        settings = props.get("default_generation_settings")
+        value = settings.get("n_ctx") if isinstance(settings, dict) else None
+        return value if isinstance(value, int) and value > 0 else None
+
+    async def _check_context(self, body: dict[str, Any], model: str) -> LLMError | None:
+        """Ask again without streaming, for one token: such a server then says 400 "context length" when
+        the prompt does not fit, where its stream just closed without a word."""
+        probe = {**body, "stream": False, "max_tokens": 1}
+        try:
+            response = await self._http.post(
+                self.base_url + "/v1/chat/completions", json=probe, timeout=self._request_timeout
+            )
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 400:
+            return None
+        return _context_error(_error_message(response.content[:4000]) or "", self.name)
+
+
+def _model_ids(data: dict[str, Any]) -> list[str]:
+    return [str(entry.get("id")) for entry in data.get("data") or [] if isinstance(entry, dict)]
+
+
+def _max_model_len(data: dict[str, Any]) -> int | None:
+    """vLLM reports each model's context window as ``max_model_len``."""
+    for entry in data.get("data") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("max_model_len"), int):
+            return int(entry["max_model_len"])
+    return None
+
+
+def _context_error(message: str, backend: str) -> ContextOverflow | None:
+    """A :class:`ContextOverflow` when ``message`` says the prompt is over the context window."""
+    for pattern in (_OPENAI_STYLE, _LLAMA_CPP_PYTHON):
+        match = pattern.search(message)
+        if match:
+            return ContextOverflow(
+                f"the prompt does not fit the context window: {message}",
+                prompt_tokens=int(match.group("prompt")),
+                context_tokens=int(match.group("ctx")),
+                backend=backend,
+            )
+    if any(words in message.lower() for words in _CONTEXT_WORDS):
+        return ContextOverflow(
+            f"the prompt does not fit the context window: {message}",
+            prompt_tokens=None,
+            context_tokens=None,
+            backend=backend,
+        )
+    return None
 
 
 class _SSEWire:
-    """``data: {json}`` events; the reply ends with ``data: [DONE]`` after a chunk with ``finish_reason``."""
+    """``data: {json}`` events; the reply ends with a chunk carrying ``finish_reason``, then ``data: [DONE]``.
 
-    def __init__(self, backend: str, model: str) -> None:
+    ``[DONE]`` without a finish reason is not an ending: llama-cpp-python sends exactly that when another
+    request interrupts the generation, so it is a broken stream.
+    """
+
+    def __init__(self, backend: str, model: str, diagnose: Any = None) -> None:
         self.backend = backend
         self._model = model
+        self._diagnose = diagnose
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] = {}
 
     async def error_for(self, response: httpx.Response) -> LLMError:
         status = response.status_code
-        message = _error_message((await response.aread())[:2000]) or f"HTTP {status}"
+        message = _error_message((await response.aread())[:4000]) or f"HTTP {status}"
         if status == 404 and "model" in message.lower():
             return ModelNotFound(self._model, backend=self.backend)
         if status == 400:
-            return BadRequest(f"request refused: {message}", backend=self.backend)
+            return _context_error(message, self.backend) or BadRequest(
+                f"request refused: {message}", backend=self.backend
+            )
         if status in (429, 503):
             return BackendBusy(f"server busy: {message}", backend=self.backend)
         if status in (502, 504):
@@ -111,18 +219,16 @@ class _SSEWire:
             f"HTTP {status}: {message}", status=status, retryable=status >= 500, backend=self.backend
         )
 
+    async def diagnose_empty(self) -> LLMError | None:
+        return await self._diagnose() if self._diagnose is not None else None
+
     def parse_line(self, line: bytes) -> tuple[str, GenerationStats | None]:
         line = line.strip()
         if not line.startswith(b"data:"):
             return "", None  # comments (": ping"), "event:" and "id:" lines carry no text
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            return "", GenerationStats(
-                model=self._model,
-                done_reason="length" if self._finish_reason == "length" else "stop",
-                prompt_tokens=_int(self._usage.get("prompt_tokens")),
-                completion_tokens=_int(self._usage.get("completion_tokens")),
-            )
+            return "", self._final()
         try:
             data = json.loads(payload)
         except ValueError:
@@ -148,6 +254,29 @@ class _SSEWire:
         delta = choice.get("delta") or {}
         text = delta.get("content") if isinstance(delta, dict) else None
         return (text if isinstance(text, str) else ""), None
+
+    def _final(self) -> GenerationStats:
+        """The stats for ``[DONE]``: only a finish reason of ``stop`` or ``length`` makes it an ending."""
+        reason = self._finish_reason
+        if reason is None:
+            raise StreamFailed(
+                "the server ended the reply without finishing it (it was interrupted)",
+                partial_text="",
+                backend=self.backend,
+            )
+        if reason not in ("stop", "length", "eos"):
+            raise StreamFailed(
+                f"the server stopped the reply early ({reason})",
+                partial_text="",
+                retryable=False,
+                backend=self.backend,
+            )
+        return GenerationStats(
+            model=self._model,
+            done_reason="length" if reason == "length" else "stop",
+            prompt_tokens=_int(self._usage.get("prompt_tokens")),
+            completion_tokens=_int(self._usage.get("completion_tokens")),
+        )
 
 
 def _error_message(body: bytes) -> str | None:

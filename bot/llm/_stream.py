@@ -17,7 +17,7 @@ from typing import Protocol
 
 import httpx
 
-from bot.llm._errors import LLMError, LLMTimeout, StreamFailed
+from bot.llm._errors import LLMError, LLMTimeout, Preempted, StreamFailed
 from bot.llm._types import GenerationStats, RetryPolicy, Timeouts
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,13 @@ class WireFormat(Protocol):
     def parse_line(self, line: bytes) -> tuple[str, GenerationStats | None]:
         """Text carried by one body line, and the final stats if this line ends the reply.
 
-        Raises :class:`StreamFailed` for an error line or a line that is not valid.
+        Raises :class:`StreamFailed` for an error line, a line that is not valid, or a last line that
+        says the reply was cut short.
         """
+        ...
+
+    async def diagnose_empty(self) -> LLMError | None:
+        """The real reason when a 200 reply ended with no line at all, if the server can tell (else None)."""
         ...
 
 
@@ -69,6 +74,14 @@ class TextStream:
         self.stats: GenerationStats | None = None
         #: How many attempts were made (1 when the first one worked).
         self.attempts = 0
+        #: ``loop.time()`` when the first content arrived, and how many content chunks (≈ tokens) came.
+        self.first_content_at: float | None = None
+        self.content_chunks = 0
+        self._first_content_by = 0.0
+        self._lines_seen = False
+        # The timeout around the read in progress; :meth:`interrupt` fires it early.
+        self._wait: asyncio.Timeout | None = None
+        self._interrupted = False
 
     @property
     def text(self) -> str:
@@ -89,6 +102,12 @@ class TextStream:
         self._iterator = self._run()
         return self._iterator
 
+    def interrupt(self) -> None:
+        """Make the reading task stop now with :class:`Preempted` (from any task; cheap, no task per read)."""
+        self._interrupted = True
+        if self._wait is not None:
+            self._wait.reschedule(asyncio.get_running_loop().time())
+
     async def aclose(self) -> None:
         """Stop the reply and close the connection (idempotent)."""
         if self._response is not None:
@@ -102,6 +121,7 @@ class TextStream:
         deadline = loop.time() + self._timeouts.total
         while True:
             self.attempts += 1
+            self._lines_seen = False
             try:
                 response = await self._open(deadline)
             except LLMError as exc:
@@ -124,11 +144,16 @@ class TextStream:
                 self._response = None
 
     async def _open(self, deadline: float) -> httpx.Response:
-        """Send the request and wait for the status line, which Ollama sends with the first token."""
+        """Send the request and wait for the status line.
+
+        Ollama sends headers with the first token; llama.cpp-style servers send them at once and then read
+        the prompt for seconds. Either way the first-token clock started here keeps running in :meth:`_read`
+        until the first *content* arrives.
+        """
         loop = asyncio.get_running_loop()
-        first_byte_at = loop.time() + self._timeouts.first_byte
+        self._first_content_by = min(deadline, loop.time() + self._timeouts.first_byte)
         try:
-            async with asyncio.timeout_at(min(deadline, first_byte_at)):
+            async with self._waiting(self._first_content_by):
                 response = await self._send()
         except TimeoutError:
             raise self._timeout(deadline, "first_byte") from None
@@ -144,15 +169,23 @@ class TextStream:
         return response
 
     async def _read(self, chunks: AsyncIterator[bytes], deadline: float) -> AsyncIterator[str]:
+        """Text from the body's lines.
+
+        Until the first content token, the first-token deadline applies; after it, the idle timeout runs
+        from the last content token. Lines without content (keep-alive pings, role-only deltas, empty
+        chunks) keep the connection open but never reset either clock: a server that only pings is stuck.
+        """
         loop = asyncio.get_running_loop()
         pending = b""
+        content_by = self._first_content_by
+        phase = "first_byte"
         while True:
             try:
                 # The timeout wraps only our own read, never the caller's code between two chunks.
-                async with asyncio.timeout_at(min(deadline, loop.time() + self._timeouts.idle)):
+                async with self._waiting(min(deadline, content_by)):
                     chunk = await anext(chunks, None)
             except TimeoutError:
-                raise self._timeout(deadline, "idle") from None
+                raise self._timeout(deadline, phase) from None
             except httpx.TransportError as exc:
                 raise self._broken(f"connection lost mid-reply ({type(exc).__name__})") from exc
             if chunk is None:
@@ -164,21 +197,44 @@ class TextStream:
             for line in lines:
                 text = self._parse(line)
                 if text:
+                    if self.first_content_at is None:
+                        self.first_content_at = loop.time()
+                    self.content_chunks += 1
                     self._parts.append(text)
+                    content_by, phase = loop.time() + self._timeouts.idle, "idle"
                     yield text
                 if self.stats is not None:
                     return
         if pending.strip():
             text = self._parse(pending)
             if text:
+                self.content_chunks += 1
                 self._parts.append(text)
                 yield text
         if self.stats is None:
+            if not self._lines_seen:
+                # llama.cpp-style servers answer 200 and then close an overflowing prompt's stream unsaid.
+                reason = await self._wire.diagnose_empty()
+                if reason is not None:
+                    raise reason
             raise self._broken("the reply ended before the server said it was done")
+
+    @contextlib.asynccontextmanager
+    async def _waiting(self, when: float) -> AsyncIterator[None]:
+        """``asyncio.timeout_at(when)`` that :meth:`interrupt` can fire early."""
+        async with asyncio.timeout_at(when) as wait:
+            self._wait = wait
+            if self._interrupted:
+                wait.reschedule(asyncio.get_running_loop().time())
+            try:
+                yield
+            finally:
+                self._wait = None
 
     def _parse(self, line: bytes) -> str:
         if not line.strip():
             return ""
+        self._lines_seen = True
         try:
             text, stats = self._wire.parse_line(line)
         except StreamFailed as exc:
@@ -191,7 +247,9 @@ class TextStream:
     def _broken(self, reason: str) -> StreamFailed:
         return StreamFailed(reason, partial_text=self.text, backend=self._wire.backend)
 
-    def _timeout(self, deadline: float, phase: str) -> LLMTimeout:
+    def _timeout(self, deadline: float, phase: str) -> LLMError:
+        if self._interrupted:
+            return Preempted(partial_text=self.text, backend=self._wire.backend)
         if asyncio.get_running_loop().time() >= deadline:
             return LLMTimeout(
                 "deadline", self._timeouts.total, partial_text=self.text, backend=self._wire.backend

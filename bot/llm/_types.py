@@ -43,12 +43,26 @@ class GenerationStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What one health check learned about a server."""
+
+    version: str
+    #: Models the server has (Ollama: pulled; OpenAI-compatible: served).
+    models: tuple[str, ...]
+    #: Models in memory now, or None when the server does not say.
+    loaded: tuple[str, ...] | None
+    #: The server's context window in tokens, when it announces one.
+    context_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Timeouts:
     """Time limits for one streamed call, in seconds.
 
-    ``first_byte`` must cover waiting in the server's queue, loading the model (~6 s cold for a 7B model,
-    minutes for large ones) and evaluating the prompt: Ollama sends headers only with the first token.
-    ``idle`` bounds the gap between two chunks; ``total`` bounds the whole call, retries included.
+    ``first_byte`` runs from the request to the first *content* token, so it must cover waiting in the
+    server's queue, loading the model (~6 s cold for a 7B model, minutes for large ones) and reading the
+    prompt (seconds on a CPU). Headers, keep-alive pings and role-only chunks don't stop it.
+    ``idle`` bounds the gap between two content tokens; ``total`` bounds the whole call, retries included.
     """
 
     first_byte: float = 120.0

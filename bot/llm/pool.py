@@ -4,9 +4,19 @@
 * **Priority.** Waiting requests are served chat first (people are watching), then by arrival.
   A backend's ``reserved_chat_slots`` are kept free for chat.
 * **Health.** A backend that cannot be reached is taken out and probed with exponential backoff until it
-  answers again; a periodic check (``GET /api/version``) catches the ones that die quietly.
+  answers again; a periodic check (``GET /api/version``, ``GET /v1/models``) catches the ones that die
+  quietly. A backend that is streaming is healthy by that fact: probes go only to idle or down backends
+  (llama-cpp-python ends a running generation when any other request arrives) and nothing is sent to a
+  backend while it is being probed.
+* **Context windows.** Each call's messages are fitted to the backend's window (Ollama: the ``num_ctx``
+  sent; OpenAI-compatible: ``context_tokens`` from the config, the server, or its refusals), history
+  dropped oldest first by estimated tokens; see :mod:`bot.llm.budget`.
 * **Failover.** A call that fails before producing any text (connection refused, busy) moves to another
-  healthy backend serving the model.
+  healthy backend serving the model. A server that answers "no such model" is skipped for that call; the
+  call fails for good only when no configured server has (or may have) the model — a blog job whose model
+  is on a server that is down waits for it.
+* **Preemption.** A chat that finds every slot of its backends taken by background work stops one of those
+  generations (:class:`Preempted`); the job continues it from its text once the chat is served.
 
 The pool knows nothing of Discord.
 """
@@ -29,11 +39,19 @@ from typing import Any
 import httpx
 
 from bot.config import BackendConfig
-from bot.llm._errors import BackendBusy, BackendUnavailable, LLMError
+from bot.llm._errors import (
+    BackendBusy,
+    BackendUnavailable,
+    ContextOverflow,
+    LLMError,
+    ModelNotFound,
+    Preempted,
+)
 from bot.llm._ollama import OllamaClient
 from bot.llm._openai import OpenAIClient
 from bot.llm._stream import TextStream
 from bot.llm._types import NO_RETRY, ChatMessage, GenerationStats, RetryPolicy, Timeouts
+from bot.llm.budget import TokenEstimator, fit_messages
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +80,39 @@ class BackendState:
     loaded_models: set[str] = field(default_factory=set)
     #: The model of the request started last here: with room for one model, the one in memory.
     current_model: str | None = None
+    #: False when the server does not say which models are loaded.
+    reports_loaded: bool = True
+    #: A health probe is in flight: nothing else is sent meanwhile.
+    probing: bool = False
+    #: The context window the server announced (OpenAI-compatible servers that tell).
+    announced_context: int | None = None
+    #: Context windows learned from the server's refusals, by model.
+    learned_context: dict[str, int] = field(default_factory=dict)
+    #: Characters-per-token estimators, by model.
+    estimators: dict[str, TokenEstimator] = field(default_factory=dict)
+    #: The calls streaming here now.
+    calls: set[PooledStream] = field(default_factory=set)
     tokens_per_second: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
 
     @property
     def name(self) -> str:
         return self.config.display_name
+
+    def estimator(self, model: str) -> TokenEstimator:
+        return self.estimators.setdefault(normalise_model(model), TokenEstimator())
+
+    def context_window(self, model: str, options: dict[str, Any]) -> int | None:
+        """The window a call to ``model`` with ``options`` gets here, in tokens, when known."""
+        if self.config.kind == "ollama":
+            # Ollama's window is the num_ctx we send (a prompt over it is silently cut from the start).
+            num_ctx = options.get("num_ctx")
+            return int(num_ctx) if isinstance(num_ctx, int) else self.config.context_tokens or None
+        return (
+            self.config.context_tokens
+            or self.learned_context.get(normalise_model(model))
+            or self.announced_context
+        )
 
     def serves(self, model: str) -> bool | None:
         """True/False when known (config, or the server's list), None when unknown."""
@@ -85,14 +130,17 @@ class BackendStatus:
 
     name: str
     url: str
+    kind: str
     healthy: bool
     in_flight: int
     max_concurrent: int
     waiting: int
-    loaded_models: tuple[str, ...]
+    #: None when the server does not say what is loaded.
+    loaded_models: tuple[str, ...] | None
     tokens_per_second: float | None
     recent_errors: tuple[str, ...]
     version: str | None
+    context_tokens: int | None = None
 
 
 def normalise_model(name: str) -> str:
@@ -115,6 +163,9 @@ class _Waiter:
     exclude: frozenset[str]
     future: asyncio.Future[BackendState]
     enqueued_at: float
+    sequence: int = 0
+    #: A background call was preempted to make room for this (chat) waiter.
+    preempted: bool = False
 
 
 class BackendPool:
@@ -125,7 +176,7 @@ class BackendPool:
         backends: Sequence[BackendConfig],
         http: httpx.AsyncClient,
         *,
-        health_interval: float = 15.0,
+        health_interval: float | None = None,
         max_probe_backoff: float = 60.0,
         call_attempts: int = 3,
         affinity_max_wait: float = 30.0,
@@ -133,7 +184,8 @@ class BackendPool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``fifo=True`` serves strictly by arrival (no priority, no model affinity): the baseline that
-        ``bench/backends.py`` compares against, not a setting for real use."""
+        ``bench/backends.py`` compares against, not a setting for real use. ``health_interval`` overrides
+        every backend's configured one (tests)."""
         self._states = [BackendState(config, make_client(config, http)) for config in backends]
         self._health_interval = health_interval
         self._max_probe_backoff = max_probe_backoff
@@ -185,13 +237,36 @@ class BackendPool:
         priority: Priority,
         timeouts: Timeouts,
         slot_timeout: float | None = None,
+        min_reply_tokens: int = 64,
     ) -> PooledStream:
-        """Stream a chat reply from some backend serving ``model``."""
+        """Stream a chat reply from some backend serving ``model``.
+
+        ``messages`` are the system prompt(s), the history and the question: on each backend they are
+        fitted to its context window (history dropped oldest first) and ``num_predict`` lowered to the room
+        left, never below ``min_reply_tokens``; when even that does not fit, :class:`ContextOverflow`.
+        """
+        call = PooledStream(self, model, priority, slot_timeout)
 
         def open_stream(state: BackendState) -> TextStream:
-            return state.client.chat(model, messages, options=options, timeouts=timeouts, retry=NO_RETRY)
+            call.sent_messages = None
+            sent, sent_options = list(messages), dict(options)
+            window = state.context_window(model, options)
+            if window is not None:
+                reply = int(options.get("num_predict") or min_reply_tokens)
+                fitted = fit_messages(
+                    messages,
+                    window=window,
+                    reply_tokens=reply,
+                    min_reply_tokens=min(reply, min_reply_tokens),
+                    estimator=state.estimator(model),
+                )
+                sent, call.dropped = fitted.messages, fitted.dropped
+                sent_options["num_predict"] = fitted.max_tokens
+            call.sent_messages, call.max_tokens = sent, sent_options.get("num_predict")
+            return state.client.chat(model, sent, options=sent_options, timeouts=timeouts, retry=NO_RETRY)
 
-        return PooledStream(self, model, priority, open_stream, slot_timeout)
+        call.open_stream = open_stream
+        return call
 
     def generate(
         self,
@@ -205,13 +280,15 @@ class BackendPool:
         slot_timeout: float | None = None,
     ) -> PooledStream:
         """Stream a completion from some backend serving ``model``."""
+        call = PooledStream(self, model, priority, slot_timeout)
 
         def open_stream(state: BackendState) -> TextStream:
             return state.client.generate(
                 model, prompt, system=system, options=options, timeouts=timeouts, retry=NO_RETRY
             )
 
-        return PooledStream(self, model, priority, open_stream, slot_timeout)
+        call.open_stream = open_stream
+        return call
 
     def status(self) -> list[BackendStatus]:
         """A snapshot of every backend, for moderators."""
@@ -220,11 +297,12 @@ class BackendPool:
             BackendStatus(
                 name=state.name,
                 url=state.config.url,
+                kind=state.config.kind,
                 healthy=state.healthy,
                 in_flight=state.in_flight,
                 max_concurrent=state.config.max_concurrent,
                 waiting=waiting,
-                loaded_models=tuple(sorted(state.loaded_models)),
+                loaded_models=tuple(sorted(state.loaded_models)) if state.reports_loaded else None,
                 tokens_per_second=(
                     sum(state.tokens_per_second) / len(state.tokens_per_second)
                     if state.tokens_per_second
@@ -232,9 +310,15 @@ class BackendPool:
                 ),
                 recent_errors=tuple(message for _, message in state.errors),
                 version=state.version,
+                context_tokens=state.config.context_tokens or state.announced_context,
             )
             for state in self._states
         ]
+
+    def tokens_per_second(self, model: str) -> float | None:
+        """The generation speed healthy backends have shown lately (for estimates), or None."""
+        rates = [rate for state in self._states if state.healthy for rate in state.tokens_per_second]
+        return sum(rates) / len(rates) if rates else None
 
     async def list_models(self) -> list[str]:
         """Every model any healthy backend reports, for pickers and autocomplete."""
@@ -248,14 +332,25 @@ class BackendPool:
     # -- slots -----------------------------------------------------------------------------------------
 
     async def acquire(
-        self, model: str, priority: Priority, *, exclude: frozenset[str] = frozenset(), max_wait: float | None
+        self,
+        model: str,
+        priority: Priority,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        max_wait: float | None,
+        call: PooledStream | None = None,
     ) -> BackendState:
         """Wait for a free slot on a backend that can serve ``model``; the caller must :meth:`release` it."""
         if priority is Priority.CHAT and not self._candidates(model, exclude):
             # Nobody can answer: a person is waiting, so say so now rather than after a timeout.
             raise BackendUnavailable("no model server is reachable right now")
-        waiter = _Waiter(priority, model, exclude, asyncio.get_running_loop().create_future(), self._clock())
-        heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+        sequence = next(self._order)
+        waiter = _Waiter(
+            priority, model, exclude, asyncio.get_running_loop().create_future(), self._clock(), sequence
+        )
+        if call is not None:
+            call.waiter = waiter
+        heapq.heappush(self._waiters, (priority, sequence, waiter))
         self._dispatch()
         try:
             async with asyncio.timeout(max_wait):
@@ -268,6 +363,22 @@ class BackendPool:
             if isinstance(exc, TimeoutError):
                 raise BackendBusy("every model server is busy; try again in a moment") from None
             raise
+        finally:
+            if call is not None:
+                call.waiter = None
+
+    def position(self, call: PooledStream) -> int | None:
+        """The call's place in line for a slot (1 = next), or None when it is not waiting."""
+        waiter = call.waiter
+        if waiter is None or waiter.future.done():
+            return None
+        ahead = sum(
+            1
+            for _, _, other in self._waiters
+            if not other.future.done()
+            and (other.priority, other.sequence) < (waiter.priority, waiter.sequence)
+        )
+        return ahead + 1
 
     def release(self, state: BackendState) -> None:
         """Give a slot back and let the next waiter in."""
@@ -287,6 +398,10 @@ class BackendPool:
             if s.healthy and s.name not in exclude and not (s.config.models and s.serves(model) is False)
         ]
 
+    def _open_candidates(self, model: str, exclude: frozenset[str]) -> list[BackendState]:
+        """:meth:`_candidates` that may be sent a request right now (not being probed)."""
+        return [state for state in self._candidates(model, exclude) if not state.probing]
+
     def _dispatch(self) -> None:
         """Hand free slots to waiters, one at a time, always the best (waiter, backend) pair first.
 
@@ -301,7 +416,7 @@ class BackendPool:
             for _, sequence, waiter in self._waiters:
                 if waiter.future.done():
                     continue
-                for state in self._candidates(waiter.model, waiter.exclude):
+                for state in self._open_candidates(waiter.model, waiter.exclude):
                     if state.in_flight >= self._capacity(state, waiter.priority):
                         continue
                     key = self._rank(waiter, sequence, state, now)
@@ -315,6 +430,26 @@ class BackendPool:
             waiter.future.set_result(state)
         self._waiters = [entry for entry in self._waiters if not entry[2].future.done()]
         heapq.heapify(self._waiters)
+        if not self._fifo:
+            self._preempt_for_chat()
+
+    def _preempt_for_chat(self) -> None:
+        """A chat still waiting while background work holds every slot it could use: stop one of those
+        generations (the most recent, which loses the least) so the chat goes next."""
+        for _, _, waiter in self._waiters:
+            if waiter.priority is not Priority.CHAT or waiter.preempted or waiter.future.done():
+                continue
+            running = [
+                call
+                for state in self._open_candidates(waiter.model, waiter.exclude)
+                for call in state.calls
+                if call.priority is not Priority.CHAT and not call.preempting
+            ]
+            if running:
+                victim = max(running, key=lambda call: call.started_at or 0.0)
+                log.info("pausing a %s generation on %s to serve a chat", victim.model, victim.backend)
+                victim.preempt()
+                waiter.preempted = True
 
     def _rank(self, waiter: _Waiter, sequence: int, state: BackendState, now: float) -> tuple[float, ...]:
         load = state.in_flight / state.config.max_concurrent
@@ -337,31 +472,60 @@ class BackendPool:
             capacity -= min(state.config.reserved_chat_slots, capacity - 1)
         return capacity
 
-    async def _failover(
-        self,
-        call: PooledStream,
-        model: str,
-        priority: Priority,
-        open_stream: Callable[[BackendState], TextStream],
-        slot_timeout: float | None,
-    ) -> AsyncIterator[str]:
-        """Run one call: take a slot, stream, and on a retryable failure before any text try elsewhere."""
+    async def _failover(self, call: PooledStream) -> AsyncIterator[str]:
+        """Run one call: take a slot, stream, and on a retryable failure before any text try elsewhere.
+
+        A server's "the prompt does not fit" teaches the pool that backend's window; the same backend is
+        then asked once more with the history trimmed to fit.
+        """
+        model, priority = call.model, call.priority
         tried: set[str] = set()
+        missing: set[str] = set()
+        refitted: set[str] = set()
         produced = False
         for attempt in itertools.count(1):
-            # Prefer backends not tried yet; when none is left, the tried ones are better than nothing.
-            exclude = frozenset(tried) if self._candidates(model, frozenset(tried)) else frozenset()
-            state = await self.acquire(model, priority, exclude=exclude, max_wait=slot_timeout)
+            # Never a server that said it lacks the model; prefer backends not tried yet, and when none is
+            # left, the tried ones are better than nothing.
+            untried = frozenset(tried | missing)
+            exclude = untried if self._candidates(model, untried) else frozenset(missing)
+            state = await self.acquire(
+                model, priority, exclude=exclude, max_wait=call.slot_timeout, call=call
+            )
+            loop = asyncio.get_running_loop()
             call.backend = state.name
-            call.started_at = asyncio.get_running_loop().time()
+            call.started_at = loop.time()
+            call.preempting = False
+            state.calls.add(call)
+            if call.on_started is not None:
+                call.on_started()
+            delay = 0.0
             try:
-                async with open_stream(state) as stream:
+                async with call.open_stream(state) as stream:
+                    call.stream = stream
+                    if call.preempting:
+                        stream.interrupt()
                     async for text in stream:
                         produced = True
                         yield text
                     call.stats = stream.stats
-                self.record_success(state, model, call.stats)
+                self.record_success(state, call, stream)
                 return
+            except Preempted:
+                raise  # not the server's fault, and the caller continues from the text it has
+            except ContextOverflow as exc:
+                learned = self._learn_context(state, call, exc)
+                if produced or not learned or state.name in refitted:
+                    raise
+                refitted.add(state.name)
+                log.info("%s: the prompt did not fit (%s); trying again with less history", state.name, exc)
+                continue
+            except ModelNotFound as exc:
+                state.errors.append((self._clock(), str(exc)))
+                missing.add(state.name)
+                if produced or not self._may_serve(model, frozenset(missing)):
+                    raise
+                log.info("%s does not have %s; another server may", state.name, model)
+                continue
             except LLMError as exc:
                 self.record_failure(state, exc)
                 if produced or not exc.retryable or attempt >= self._retry.attempts:
@@ -369,18 +533,44 @@ class BackendPool:
                 tried.add(state.name)
                 log.info("model call failed on %s before any text (%s); trying again", state.name, exc)
                 # Another server can take it at once; the same server(s) again get a moment first.
-                delay = 0.0 if self._candidates(model, frozenset(tried)) else self._retry.delay(attempt)
+                delay = (
+                    0.0 if self._candidates(model, frozenset(tried | missing)) else self._retry.delay(attempt)
+                )
             finally:
+                state.calls.discard(call)
                 self.release(state)
             await asyncio.sleep(delay)
 
+    def _may_serve(self, model: str, exclude: frozenset[str]) -> bool:
+        """Whether a server not in ``exclude``, up or down, has (or may have) ``model``."""
+        return any(state.serves(model) is not False for state in self._states if state.name not in exclude)
+
+    def _learn_context(self, state: BackendState, call: PooledStream, error: ContextOverflow) -> bool:
+        """Remember what a context refusal says; True when there is something new to fit to."""
+        if error.context_tokens is None or call.sent_messages is None:
+            return False
+        if error.prompt_tokens is not None:
+            state.estimator(call.model).observe(call.sent_messages, error.prompt_tokens)
+        key = normalise_model(call.model)
+        before = state.learned_context.get(key)
+        state.learned_context[key] = error.context_tokens
+        if state.config.kind == "ollama" or state.config.context_tokens:
+            return False  # the window is the configured one; a refusal means the prompt alone is too long
+        return before != error.context_tokens or error.prompt_tokens is not None
+
     # -- health ----------------------------------------------------------------------------------------
 
-    def record_success(self, state: BackendState, model: str, stats: GenerationStats | None) -> None:
-        """A call finished: the model is loaded there, and the speed is worth remembering."""
-        state.loaded_models.add(normalise_model(model))
-        if stats is not None and stats.tokens_per_second is not None:
-            state.tokens_per_second.append(stats.tokens_per_second)
+    def record_success(self, state: BackendState, call: PooledStream, stream: TextStream) -> None:
+        """A call finished: the model is loaded there, and its speed and token counts are worth keeping."""
+        stats = stream.stats
+        state.loaded_models.add(normalise_model(call.model))
+        rate = stats.tokens_per_second if stats is not None else None
+        if rate is None:
+            rate = stream_rate(stream)  # OpenAI-compatible servers rarely report timings: measure them
+        if rate is not None:
+            state.tokens_per_second.append(rate)
+        if stats is not None and stats.prompt_tokens and call.sent_messages is not None:
+            state.estimator(call.model).observe(call.sent_messages, stats.prompt_tokens)
         if not state.healthy or state.consecutive_failures:
             state.healthy, state.consecutive_failures = True, 0
             self._dispatch()
@@ -401,28 +591,56 @@ class BackendPool:
         self._health_wakeup.set()
 
     async def _probe(self, state: BackendState) -> None:
+        state.probing = True
         try:
-            state.version = await state.client.version()
-            state.available_models = frozenset(normalise_model(m) for m in await state.client.list_models())
-            state.loaded_models = {normalise_model(m) for m in await state.client.loaded_models()}
+            info = await state.client.probe()
         except LLMError as exc:
-            self._mark_down(state, str(exc))
+            if state.in_flight and state.healthy:
+                # Work started meanwhile and the server is busy with it: a slow answer is no verdict.
+                state.next_probe_at = self._clock() + self._interval(state)
+            else:
+                self._mark_down(state, str(exc))
             return
+        finally:
+            state.probing = False
+            self._dispatch()
+        state.version = info.version
+        state.available_models = frozenset(normalise_model(m) for m in info.models)
+        state.reports_loaded = info.loaded is not None
+        state.loaded_models = {normalise_model(m) for m in info.loaded or ()}
+        if info.context_tokens:
+            state.announced_context = info.context_tokens
         if not state.healthy:
             log.info("backend %s is back (version %s)", state.name, state.version)
         state.healthy, state.consecutive_failures = True, 0
-        state.next_probe_at = self._clock() + self._health_interval
+        state.next_probe_at = self._clock() + self._interval(state)
         self._dispatch()
+
+    def _interval(self, state: BackendState) -> float:
+        return self._health_interval if self._health_interval is not None else state.config.health_interval
 
     async def _health_loop(self) -> None:
         while True:
             now = self._clock()
             due = [state for state in self._states if state.next_probe_at <= now]
-            await asyncio.gather(*(self._probe(state) for state in due))
+            for state in due:
+                if state.healthy and state.in_flight:
+                    # Streaming right now: healthy by that fact, and a probe could end the stream.
+                    state.next_probe_at = now + self._interval(state)
+            probes = [state for state in due if not (state.healthy and state.in_flight)]
+            await asyncio.gather(*(self._probe(state) for state in probes))
             next_at = min(state.next_probe_at for state in self._states)
             self._health_wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._health_wakeup.wait(), max(0.05, next_at - self._clock()))
+
+
+def stream_rate(stream: TextStream) -> float | None:
+    """Content chunks per second from the first to the last one (a chunk is about one token)."""
+    if stream.first_content_at is None or stream.content_chunks < 8:
+        return None
+    elapsed = asyncio.get_running_loop().time() - stream.first_content_at
+    return (stream.content_chunks - 1) / elapsed if elapsed > 0 else None
 
 
 class PooledStream:
@@ -431,19 +649,13 @@ class PooledStream:
     Use exactly like a TextStream: ``async with pool.chat(...) as stream: async for text in stream``.
     """
 
-    def __init__(
-        self,
-        pool: BackendPool,
-        model: str,
-        priority: Priority,
-        open_stream: Callable[[BackendState], TextStream],
-        slot_timeout: float | None,
-    ) -> None:
+    def __init__(self, pool: BackendPool, model: str, priority: Priority, slot_timeout: float | None) -> None:
         self._pool = pool
-        self._model = model
-        self._priority = priority
-        self._open_stream = open_stream
-        self._slot_timeout = slot_timeout
+        self.model = model
+        self.priority = priority
+        self.slot_timeout = slot_timeout
+        #: Opens the request on the chosen backend (set by the pool).
+        self.open_stream: Callable[[BackendState], TextStream] = _not_set
         self._iterator: AsyncIterator[str] | None = None
         self._parts: list[str] = []
         self.stats: GenerationStats | None = None
@@ -451,10 +663,39 @@ class PooledStream:
         self.backend: str | None = None
         #: ``loop.time()`` when a slot was granted: queue wait ends here.
         self.started_at: float | None = None
+        #: The stream of the current attempt.
+        self.stream: TextStream | None = None
+        #: Called when a backend's slot is granted (the request is about to be sent).
+        self.on_started: Callable[[], None] | None = None
+        #: The pool's entry for this call while it waits for a slot (for :meth:`BackendPool.position`).
+        self.waiter: _Waiter | None = None
+        #: Set when the pool asked this call to stop for a chat.
+        self.preempting = False
+        #: What was sent on the last attempt: the fitted messages, how many history messages were left
+        #: out to fit the context window, and the reply's token budget.
+        self.sent_messages: list[ChatMessage] | None = None
+        self.dropped = 0
+        self.max_tokens: int | None = None
 
     @property
     def text(self) -> str:
         return "".join(self._parts)
+
+    def preempt(self) -> None:
+        """Stop streaming now; the reader gets :class:`Preempted` with the text so far."""
+        self.preempting = True
+        if self.stream is not None:
+            self.stream.interrupt()
+
+    @property
+    def first_content_at(self) -> float | None:
+        """``loop.time()`` of the first content token, once it came."""
+        return self.stream.first_content_at if self.stream is not None else None
+
+    @property
+    def content_chunks(self) -> int:
+        """Content chunks (≈ tokens) received on the current attempt."""
+        return self.stream.content_chunks if self.stream is not None else 0
 
     async def __aenter__(self) -> PooledStream:
         return self
@@ -475,8 +716,10 @@ class PooledStream:
         return self._iterator
 
     async def _run(self) -> AsyncIterator[str]:
-        async for text in self._pool._failover(
-            self, self._model, self._priority, self._open_stream, self._slot_timeout
-        ):
+        async for text in self._pool._failover(self):
             self._parts.append(text)
             yield text
+
+
+def _not_set(state: BackendState) -> TextStream:
+    raise RuntimeError("PooledStream.open_stream was not set")

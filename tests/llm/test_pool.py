@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from bot.config import BackendConfig
-from bot.llm import BackendUnavailable, ChatMessage, Timeouts
+from bot.llm import BackendUnavailable, ChatMessage, Preempted, Timeouts
 from bot.llm.pool import BackendPool, Priority
 from tests.fakes.ollama_server import FakeOllamaServer
 from tests.harness import wait_until
@@ -66,15 +66,32 @@ async def test_in_flight_never_exceeds_max_concurrent(http: httpx.AsyncClient) -
             assert max_overlap(generated) <= 2
 
 
-async def test_a_chat_behind_a_blog_backlog_goes_next(http: httpx.AsyncClient) -> None:
+async def test_a_chat_behind_a_blog_backlog_preempts_the_running_one_and_goes_next(
+    http: httpx.AsyncClient,
+) -> None:
     async with FakeOllamaServer(models=["llama2", "mistral"], tokens_per_second=100) as fake:
         async with pool_of(http, [fake.url], max_concurrent=1) as pool:
-            blogs = [asyncio.create_task(call(pool, "mistral", Priority.BLOG, tokens=20)) for _ in range(4)]
+            blogs = [asyncio.create_task(resumable_blog(pool, tokens=20)) for _ in range(4)]
             await wait_until(lambda: _started(fake, "/api/generate"))
             chat = asyncio.create_task(call(pool, "llama2", Priority.CHAT))
             await asyncio.gather(chat, *blogs)
         order = [r["path"] for r in fake.requests if r["path"] != "/api/version"]
-    assert order == ["/api/generate", "/api/chat", "/api/generate", "/api/generate", "/api/generate"]
+    # The running generation stopped at once (the one slot went to the chat), then every blog call ran.
+    assert order[:2] == ["/api/generate", "/api/chat"]
+    preempted = next(r for r in fake.requests if r["path"] == "/api/generate")
+    assert preempted["disconnected"] and preempted["tokens"] < 20
+    assert order.count("/api/generate") == 5 and sum(r.done() for r in blogs) == 4
+
+
+async def resumable_blog(pool: BackendPool, tokens: int) -> int:
+    """A background call that, like the blog worker, starts again when it is preempted; how many tries."""
+    for tries in range(1, 10):
+        try:
+            await call(pool, "mistral", Priority.BLOG, tokens=tokens)
+            return tries
+        except Preempted:
+            continue
+    raise AssertionError("preempted forever")
 
 
 async def test_a_killed_backend_is_routed_around_and_comes_back(http: httpx.AsyncClient) -> None:
