@@ -67,8 +67,14 @@ class BackendConfig:
     # Models this server serves; empty means "ask the server" (/api/tags or /v1/models).
     models: tuple[str, ...] = ()
     connect_timeout: float = field(default=5.0, metadata=_range(0.1, 120.0))
-    # Slots kept free for chat: blog jobs may use at most max_concurrent - reserved_chat_slots (and always 1).
-    reserved_chat_slots: int = field(default=0, metadata=_range(0, 63))
+    # Slots kept free for chat: blog jobs may use at most max_concurrent - reserved_chat_slots (and always 1;
+    # on a one-slot server a chat preempts a blog generation instead, which continues afterwards).
+    reserved_chat_slots: int = field(default=1, metadata=_range(0, 63))
+    # The server's context window in tokens (OpenAI-compatible servers; Ollama uses the num_ctx the bot
+    # sends). 0 = ask the server (llama.cpp /props, vLLM max_model_len) or learn it from its refusals.
+    context_tokens: int = field(default=0, metadata=_range(0, 10_000_000))
+    # Seconds between two health checks of an idle backend (a busy one is healthy by streaming).
+    health_interval: float = field(default=15.0, metadata=_range(0.5, 3600.0))
 
     @property
     def display_name(self) -> str:
@@ -130,6 +136,11 @@ class BlogConfig:
     first_token_timeout: float = field(default=600.0, metadata=_range(1.0, 86400.0))
     idle_timeout: float = field(default=120.0, metadata=_range(1.0, 86400.0))
     deadline: float = field(default=3600.0, metadata=_range(1.0, 86400.0))
+    # Token budget of one generation request; 0 = from the target length (1.5 tokens per word + 200).
+    max_tokens: int = field(default=0, metadata=_range(0, 262144))
+    # How often an article cut at the budget (or far below its target) is continued before it is posted
+    # as it is, marked incomplete.
+    max_continuations: int = field(default=3, metadata=_range(0, 20))
 
 
 @dataclass(frozen=True)

@@ -85,35 +85,46 @@ async def _discord_checks(
 async def _backend_checks(http: httpx.AsyncClient, config: Config, report: Callable[[Check], None]) -> None:
     wanted = {"chat": config.chat.model, "blog": config.blog.model}
     found: dict[str, list[str]] = {feature: [] for feature in wanted}
-    reachable = []
+    reachable: list[str] = []
 
     async def check(backend_index: int) -> None:
         backend = config.backends[backend_index]
         client = make_client(backend, http)
         try:
-            version = await client.version()
-            models = {normalise_model(m) for m in await client.list_models()}
+            info = await client.probe()
         except LLMError as exc:
             report(Check(False, f"backend {backend.display_name}", f"{backend.url} does not answer ({exc})"))
             return
         reachable.append(backend.display_name)
-        report(Check(True, f"backend {backend.display_name}", f"{backend.url} answers (version {version})"))
+        what = f"version {info.version}" if backend.kind == "ollama" else "OpenAI-compatible"
+        if info.context_tokens:
+            what += f", context window {info.context_tokens} tokens"
+        report(Check(True, f"backend {backend.display_name}", f"{backend.url} answers ({what})"))
+        models = {normalise_model(m) for m in info.models}
         for feature, model in wanted.items():
-            if normalise_model(model) in models:
+            if normalise_model(model) in models or _served_as_only_model(backend.kind, info.models):
                 found[feature].append(backend.display_name)
 
     tasks: list[Awaitable[None]] = [check(index) for index in range(len(config.backends))]
     await asyncio.gather(*tasks)
     if not reachable:
         return
+    kinds = {backend.kind for backend in config.backends}
     for feature, model in wanted.items():
         if found[feature]:
+            verb = "pulled" if kinds == {"ollama"} else "available"
             report(
-                Check(True, f"{feature} model", f"{model} is pulled on {', '.join(sorted(found[feature]))}")
+                Check(True, f"{feature} model", f"{model} is {verb} on {', '.join(sorted(found[feature]))}")
             )
-        else:
-            report(
-                Check(
-                    False, f"{feature} model", f"{model} is missing: run `ollama pull {model}` on the server"
-                )
-            )
+            continue
+        advice = []
+        if "ollama" in kinds:
+            advice.append(f"run `ollama pull {model}` on the Ollama server")
+        if "openai" in kinds:
+            advice.append("serve it on the OpenAI-compatible server, or configure the name that server uses")
+        report(Check(False, f"{feature} model", f"{model} is not served: {'; or '.join(advice)}"))
+
+
+def _served_as_only_model(kind: str, models: tuple[str, ...]) -> bool:
+    """A llama.cpp-style server serves one model whatever name a request gives: that counts as served."""
+    return kind == "openai" and len(models) == 1

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from bot.config import Config, load_config, resolve_token
+from bot.config import (
+    BackendConfig,
+    BlogConfig,
+    ChatConfig,
+    Config,
+    DatabaseConfig,
+    DiscordConfig,
+    LoggingConfig,
+    load_config,
+    resolve_token,
+)
 from bot.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +39,29 @@ def test_example_config_loads_with_the_contract_keys() -> None:
     assert [(b.url, b.max_concurrent) for b in config.backends] == [("http://localhost:11434", 1)]
     assert (config.chat.model, config.chat.temperature, config.chat.max_tokens) == ("llama2", 0.7, 500)
     assert config.blog.model == "mistral:latest"
+
+
+def _keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(f.type)]
+
+
+def test_the_example_and_the_readme_show_every_key_with_its_default() -> None:
+    raw = tomllib.loads((ROOT / "config.example.toml").read_text(encoding="utf-8"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sections = {"discord": DiscordConfig, "database": DatabaseConfig, "chat": ChatConfig, "blog": BlogConfig}
+    sections["logging"] = LoggingConfig
+    for name, cls in sections.items():
+        written = set(raw.get(name, {}))
+        if name == "discord":
+            written.add("token")  # shown commented out: the token belongs in the environment
+        assert set(_keys(cls)) == written, f"[{name}] in config.example.toml"
+        for key in _keys(cls):
+            assert f"`{name}.{key}`" in readme, f"{name}.{key} missing from the README"
+    assert set(_keys(BackendConfig)) == set(raw["backends"][0]), "[[backends]] in config.example.toml"
+    for key in _keys(BackendConfig):
+        assert f"`backends[].{key}`" in readme, f"backends[].{key} missing from the README"
+    example = load_config(ROOT / "config.example.toml")
+    assert example == Config(), "the example shows the defaults"
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
