@@ -17,7 +17,7 @@ from types import TracebackType
 
 import discord
 
-from bot.chat.text import clean_output, hide_reasoning, split_message
+from bot.chat.text import MESSAGE_LIMIT, clean_output, hide_reasoning, split_message
 from bot.ratelimit import ChannelBudgets, WriteKind
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class StreamedReply:
         self._transform = transform
         self._parts: list[str] = []
         self._note = ""
+        # Shown in place of the reply while there is no text yet (why it is taking a while).
+        self._waiting = ""
         self._final = False
         self._changed = asyncio.Event()
         self._first_text = asyncio.Event()
@@ -107,6 +109,12 @@ class StreamedReply:
         self._parts.append(text)
         self._changed.set()
 
+    def waiting(self, note: str) -> None:
+        """Show ``note`` until the first text arrives (the reply's first message then replaces it)."""
+        if not self._final and not self._parts and note != self._waiting:
+            self._waiting = note
+            self._changed.set()
+
     def finish(self) -> None:
         """The reply is complete: show the final text."""
         self._final = True
@@ -127,18 +135,31 @@ class StreamedReply:
         return body
 
     def _chunks(self) -> list[str]:
-        body = self._body()
-        chunks = split_message(body) if body else []
+        text = hide_reasoning(self._transform(self.text), final=self._final).strip()
+        if self._final and not text and not self._note:
+            text = EMPTY_REPLY
+        if not text and not self._final and self._waiting:
+            return [self._waiting]
+        chunks = split_message(text) if text else []
         if len(chunks) > self._max_messages:
             # A wall of messages helps nobody (and takes a minute to post at 5 per 5 s): the last part
             # says the whole reply follows as a file, which is attached once the reply is complete.
             chunks = [*chunks[: self._max_messages - 1], OVERFLOW_NOTE]
+        if self._note:
+            # The note belongs to the text it qualifies: it goes in the last message, never alone.
+            if not chunks:
+                chunks = [self._note]
+            elif len(chunks[-1]) + 2 + len(self._note) <= MESSAGE_LIMIT:
+                chunks[-1] = f"{chunks[-1]}\n\n{self._note}"
+            else:
+                tail = split_message(chunks[-1], MESSAGE_LIMIT - 2 - len(self._note))
+                chunks[-1:] = [*tail[:-1], f"{tail[-1]}\n\n{self._note}"]
         return chunks
 
     @property
     def overflowed(self) -> bool:
         """Whether the reply was too long for ``max_messages`` messages (and is attached as a file)."""
-        return self._chunks()[-1:] == [OVERFLOW_NOTE]
+        return any(chunk.startswith(OVERFLOW_NOTE) for chunk in self._chunks()[-1:])
 
     async def _render(self) -> None:
         loop = asyncio.get_running_loop()
@@ -191,11 +212,15 @@ class StreamedReply:
                 )
                 self._shown[index] = content
                 self._edited_at[index] = loop.time()
+                if self.first_visible_at is None and content != self._waiting:
+                    # A wait notice gave way to the first text: that edit is what the asker waited for.
+                    self.first_visible_at = loop.time()
+                    self._first_text.set()
             else:
                 self._messages.append(await self._post(content))
                 self._shown.append(content)
                 self._edited_at.append(loop.time())
-                if self.first_visible_at is None:
+                if self.first_visible_at is None and content != self._waiting:
                     self.first_visible_at = loop.time()
                     self._first_text.set()
             index += 1

@@ -23,13 +23,14 @@ from bot.chat.prompt import Turn, build_prompt, render_system_prompt
 from bot.llm import (
     BackendBusy,
     BackendUnavailable,
+    ContextOverflow,
     LLMError,
     LLMTimeout,
     ModelNotFound,
     StreamFailed,
     Timeouts,
 )
-from bot.llm.pool import Priority
+from bot.llm.pool import PooledStream, Priority
 from bot.settings import GuildSettings
 from bot.streaming import StreamedReply
 
@@ -45,16 +46,27 @@ CHANNEL_MENTION = re.compile(r"<#(\d+)>")
 SHUTDOWN_GRACE_SECONDS = 10.0
 # Notes about limits are clutter once read.
 NOTE_LIFETIME_SECONDS = 15.0
+# Questions one member may have waiting behind their reply in progress; more are refused.
+MAX_WAITING_PER_USER = 2
+# A reply that has shown nothing for this long says why (waiting for a server, reading the prompt).
+WAIT_NOTICE_SECONDS = 2.0
 
 
 def describe_failure(error: LLMError, model: str) -> str:
     """A short, specific sentence for the person waiting; never a traceback."""
     if isinstance(error, ModelNotFound):
-        return f"The model `{model}` is not installed on the server (run `ollama pull {model}` there)."
+        explanation = error.explain()
+        return f"{explanation[:1].upper()}{explanation[1:]}."
     if isinstance(error, BackendUnavailable):
         return "I can't reach the model server right now. Please try again in a minute."
     if isinstance(error, BackendBusy):
         return "The model server is busy. Please try again in a moment."
+    if isinstance(error, ContextOverflow):
+        if error.prompt_tokens and error.context_tokens:
+            size = f" (about {error.prompt_tokens} tokens; it holds {error.context_tokens})"
+        else:
+            size = ""
+        return f"Your message is too long for the model's context window{size}. Please shorten it."
     if isinstance(error, LLMTimeout):
         if error.partial_text:
             return f"The reply was cut off: {error}."
@@ -71,7 +83,10 @@ class Chat(commands.Cog):
         self.bot = bot
         self.config = bot.config.chat
         self._last_started: dict[int, float] = {}
-        self._streaming: Counter[int] = Counter()
+        # Per member: how many of their replies are being written or waiting, and the gate that lets
+        # ``max_streams_per_user`` of them run at once (a second question waits its turn).
+        self._pending: Counter[int] = Counter()
+        self._gates: dict[int, asyncio.Semaphore] = {}
         # discord.py runs each on_message in its own task; we keep the ones answering, to drain them.
         self._answering: set[asyncio.Task[None]] = set()
 
@@ -116,18 +131,23 @@ class Chat(commands.Cog):
         if refusal is not None:
             await self._note(message, refusal)
             return
-        self._last_started[message.author.id] = time.monotonic()
-        self._streaming[message.author.id] += 1
+        user_id = message.author.id
+        self._last_started[user_id] = time.monotonic()
+        self._pending[user_id] += 1
+        gate = self._gates.setdefault(user_id, asyncio.Semaphore(self.config.max_streams_per_user))
         task = asyncio.current_task()
         assert task is not None
         self._answering.add(task)
         try:
-            await self._answer(message, question, settings, await self._reply_channel(message, question))
+            channel = await self._reply_channel(message, question)
+            await self._answer(message, question, settings, channel, gate)
         finally:
             self._answering.discard(task)
-            self._streaming[message.author.id] -= 1
-            if not self._streaming[message.author.id]:
-                del self._streaming[message.author.id]
+            self._pending[user_id] -= 1
+            if not self._pending[user_id]:
+                del self._pending[user_id]
+                self._gates.pop(user_id, None)
+            self._forget_old_cooldowns(cooldown)
 
     async def _is_for_us(self, message: discord.Message) -> bool:
         me = self.bot.user
@@ -154,14 +174,20 @@ class Chat(commands.Cog):
         return parent is not None and is_chat_answer(parent, me.id)
 
     def _check_limits(self, user_id: int, cooldown: float) -> str | None:
-        if self._streaming[user_id] >= self.config.max_streams_per_user:
-            return "I'm still answering you; one question at a time, please."
+        if self._pending[user_id] >= self.config.max_streams_per_user + MAX_WAITING_PER_USER:
+            return "You already have questions waiting for an answer; please wait for those first."
         last = self._last_started.get(user_id)
         if last is not None:
             wait = cooldown - (time.monotonic() - last)
             if wait > 0:
                 return f"Slow down a little: try again in {wait:.0f} s."
         return None
+
+    def _forget_old_cooldowns(self, cooldown: float) -> None:
+        """Keep the cooldown table to the members still inside their cooldown."""
+        horizon = time.monotonic() - max(cooldown, self.config.cooldown_seconds)
+        for user_id in [user for user, at in self._last_started.items() if at < horizon]:
+            del self._last_started[user_id]
 
     async def _note(self, message: discord.Message, text: str) -> None:
         try:
@@ -197,6 +223,7 @@ class Chat(commands.Cog):
         question: str,
         settings: GuildSettings,
         channel: discord.abc.Messageable,
+        gate: asyncio.Semaphore,
     ) -> None:
         loop = asyncio.get_running_loop()
         received_at = loop.time()
@@ -243,6 +270,10 @@ class Chat(commands.Cog):
             channel=channel,
         )
         async with reply, stream:
+            if gate.locked():
+                reply.waiting("⏳ I'll answer this as soon as I've finished your previous question.")
+            await gate.acquire()
+            watcher = asyncio.create_task(self._explain_waits(reply, stream), name="chat-wait-notice")
             try:
                 async for text in stream:
                     reply.append(text)
@@ -251,13 +282,17 @@ class Chat(commands.Cog):
                         break
                 else:
                     if stream.stats is not None and stream.stats.truncated:
-                        reply.fail(f"the reply reached the {self.config.max_tokens}-token limit")
+                        limit = stream.max_tokens or self.config.max_tokens
+                        reply.fail(f"the reply reached the {limit}-token limit and stops here")
                         outcome = "truncated"
                     else:
                         reply.finish()
             except LLMError as exc:
                 outcome = type(exc).__name__
                 reply.fail(describe_failure(exc, model))
+            finally:
+                gate.release()
+                watcher.cancel()
         finished_at = loop.time()
         first_text = reply.first_visible_at
         log.info(
@@ -270,13 +305,26 @@ class Chat(commands.Cog):
             model,
             stream.backend,
             outcome,
-            len(prompt.messages) - 2,
-            prompt.dropped,
+            len(stream.sent_messages or prompt.messages) - 2,
+            prompt.dropped + stream.dropped,
             f"{(first_text - received_at) * 1000:.0f}" if first_text is not None else "-",
             (finished_at - received_at) * 1000,
             len(reply.text),
             len(reply.messages),
         )
+
+    async def _explain_waits(self, reply: StreamedReply, stream: PooledStream) -> None:
+        """While nothing is shown, say why after a moment: waiting in line for a model server (and where),
+        or the model reading the conversation."""
+        await asyncio.sleep(WAIT_NOTICE_SECONDS)
+        while not reply.text:
+            position = self.bot.pool.position(stream)
+            if position is not None:
+                place = f" — you're #{position} in line" if position > 1 else " — you're next"
+                reply.waiting(f"⏳ Waiting for a model server{place}.")
+            elif stream.started_at is not None:
+                reply.waiting("⏳ The model is reading the conversation…")
+            await asyncio.sleep(WAIT_NOTICE_SECONDS)
 
     def _system_prompt(self, message: discord.Message, template: str) -> str:
         channel = getattr(message.channel, "name", None) or "direct messages"

@@ -191,7 +191,7 @@ async def test_mentions_in_model_output_ping_nobody(
     ("setup", "expected"),
     [
         ("unreachable", "can't reach the model server"),
-        ("model_not_found", "`llama9` is not installed"),
+        ("model_not_found", "`llama9` is not available"),
         ("busy", "busy"),
         ("timeout", "did not answer in time"),
         ("cut_off", "cut off"),
@@ -252,20 +252,24 @@ async def test_conversation_survives_a_restart(
     ]
 
 
-async def test_one_stream_per_user_and_a_note_instead_of_a_queue(
+async def test_a_second_question_waits_for_the_first_answer_and_says_so(
     tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
 ) -> None:
-    async with FakeOllamaServer(models=["llama2"], tokens_per_second=40) as slow:
-        slow.script("llama2", ["slow " * 80])
+    async with FakeOllamaServer(models=["llama2"], tokens_per_second=40, num_parallel=2) as slow:
+        slow.script("llama2", ["slow " * 80, "the second answer"])
         async with running_bot(make_config(tmp_path, emulator.url, [slow.url])):
             first = await discord_api.mention("general", "alice", "long one")
             await wait_until(lambda: discord_api.bot_replies("general", after=first["id"]))
             second = await discord_api.mention("general", "alice", "another")
-            (note,) = await final_reply(
-                discord_api, "general", second["id"], contains="one question at a time"
+            (answer,) = await final_reply(
+                discord_api, "general", second["id"], contains="the second answer", within=15
             )
-    assert note["message_reference"]["message_id"] == second["id"]
-    assert len(chat_requests(slow.requests)) == 1
+    assert answer["message_reference"]["message_id"] == second["id"]
+    shown = [version["content"] for version in answer["history"]]
+    assert "previous question" in shown[0], shown
+    assert shown[-1] == "the second answer"
+    one, two = chat_requests(slow.requests)
+    assert two["received_at"] >= one["finished_at"], "one reply per member at a time"
 
 
 async def test_messages_not_for_the_bot_are_ignored(
@@ -380,3 +384,42 @@ async def test_a_question_over_the_size_limit_never_reaches_the_model(
         (note,) = await final_reply(discord_api, "general", question["id"], contains="too long")
     assert "the limit is 100" in note["content"]
     assert chat_requests(ollama.requests) == []
+
+
+async def test_a_limit_note_near_2000_characters_stays_with_its_text(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    # 398 five-character tokens ≈ 1,990 characters: the note no longer fits the last message's 2,000.
+    ollama.script("llama2", [" word" * 450])
+    config = make_config(tmp_path, emulator.url, [ollama.url], chat={"max_tokens": 398})
+    async with running_bot(config):
+        question = await discord_api.mention("general", "alice", "go on and on")
+        parts = await final_reply(discord_api, "general", question["id"], contains="token limit")
+    assert all(len(part["content"]) <= 2000 for part in parts)
+    last = parts[-1]["content"]
+    assert "398-token limit" in last
+    assert "word" in last, "the note shares its message with text, never stands alone"
+
+
+async def test_a_chat_waiting_for_a_busy_server_says_where_it_is_in_line(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["llama2"], tokens_per_second=40) as slow:
+        slow.script("llama2", ["busy " * 240, "alice's answer", "mod's answer"])
+        config = make_config(tmp_path, emulator.url, [slow.url], backends={"max_concurrent": 1})
+        async with running_bot(config):
+            first = await discord_api.mention("general", "bob", "a long one")
+            await wait_until(lambda: discord_api.bot_replies("general", after=first["id"]))
+            alice = await discord_api.mention("general", "alice", "me next")
+            await final_reply(discord_api, "general", alice["id"], contains="you're next")
+            moderator = await discord_api.mention("general", "mod", "and me")
+            (second,) = await final_reply(
+                discord_api, "general", moderator["id"], contains="mod's answer", within=20
+            )
+            (first_in_line,) = await final_reply(
+                discord_api, "general", alice["id"], contains="alice's answer"
+            )
+    notices = [version["content"] for version in second["history"]]
+    assert any("Waiting for a model server — you're #2 in line" in text for text in notices), notices
+    assert first_in_line["content"] == "alice's answer"
+    assert len(chat_requests(slow.requests)) == 3
