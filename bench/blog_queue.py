@@ -25,7 +25,7 @@ from bot.blog.store import Article, BlogRequest, JobStore, Quotas
 from bot.db import Database
 from tests.harness import config_toml, wait_until
 
-ARTICLE = "# Bench Post\n\n" + "word " * 50
+ARTICLE = "# Bench Post\n\n" + "word " * 200  # over half of the 300-word target: a whole article
 
 
 def bot_config(emulator_url: str, ollama_url: str, database: Path) -> str:

@@ -96,6 +96,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_log_guild ON audit_log (guild_id, id);
     """,
+    # 4: the text generated so far (a checkpoint to continue from), and why a posted article is not whole.
+    """
+    ALTER TABLE jobs ADD COLUMN draft TEXT;
+    ALTER TABLE jobs ADD COLUMN incomplete TEXT;
+    """,
 )
 
 
@@ -140,16 +145,28 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error), holding the database lock throughout."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error), holding the database lock throughout.
+
+        aiosqlite runs each statement in its own thread, which a cancelled ``await`` does not stop: a task
+        cancelled while waiting for ``BEGIN`` (another process holds the write lock) would leave the one
+        connection inside a transaction, and every later write would fail. So the start and the end of a
+        transaction are shielded and always undone or finished.
+        """
         async with self._lock:
             connection = self._require()
-            await connection.execute("BEGIN IMMEDIATE")
+            begin = asyncio.ensure_future(connection.execute("BEGIN IMMEDIATE"))
+            try:
+                await asyncio.shield(begin)
+            except BaseException:
+                await _settle(begin)
+                await _rollback(connection)
+                raise
             try:
                 yield connection
             except BaseException:
-                await connection.execute("ROLLBACK")
+                await _rollback(connection)
                 raise
-            await connection.execute("COMMIT")
+            await asyncio.shield(connection.execute("COMMIT"))
 
     async def fetch_all(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         """Run a read-only query and return every row."""
@@ -201,6 +218,22 @@ class Database:
                     await connection.execute(statement)
                 await connection.execute(f"PRAGMA user_version = {number}")
             log.info("database migrated to schema version %d", number)
+
+
+async def _settle(statement: asyncio.Future[Any]) -> None:
+    """Wait for a statement already handed to aiosqlite's thread, whatever its outcome (the caller re-raises
+    its own exception afterwards, so a cancellation meanwhile is not lost)."""
+    while not statement.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(statement)
+    if not statement.cancelled():
+        statement.exception()  # retrieved: a failed BEGIN needs no undoing
+
+
+async def _rollback(connection: aiosqlite.Connection) -> None:
+    """Leave the transaction, if one is open (shielded: a second cancellation must not skip it)."""
+    if connection.in_transaction:
+        await asyncio.shield(connection.execute("ROLLBACK"))
 
 
 def _statements(script: str) -> Iterable[str]:

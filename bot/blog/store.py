@@ -87,6 +87,10 @@ class Job:
     created_at: float
     updated_at: float
     finished_at: float | None
+    #: The text generated so far, saved with each heartbeat: a new attempt continues from it.
+    draft: str | None = None
+    #: Why the posted article is not whole (cut at the length cap, far below its target); None if it is.
+    incomplete: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -105,6 +109,8 @@ class Article:
     text: str
     word_count: int
     generated_at: str
+    #: Why the article is not whole, when it is not (it is posted anyway, marked as such).
+    incomplete: str | None = None
 
 
 class QuotaExceeded(Exception):
@@ -238,13 +244,16 @@ class JobStore:
         )
         return None if row is None or row[0] is None else float(row[0])
 
-    async def heartbeat(self, job: Job, lease_seconds: float, progress_words: int) -> bool:
-        """Renew the lease and record progress; False if the job was cancelled or taken from us."""
+    async def heartbeat(
+        self, job: Job, lease_seconds: float, progress_words: int, draft: str | None = None
+    ) -> bool:
+        """Renew the lease and record progress (and the text so far, when given); False if the job was
+        cancelled or taken from us."""
         now = self._clock()
         return await self._update_held(
             job,
-            "lease_until = ?, progress_words = ?, updated_at = ?",
-            (now + lease_seconds, progress_words, now),
+            "lease_until = ?, progress_words = ?, draft = COALESCE(?, draft), updated_at = ?",
+            (now + lease_seconds, progress_words, draft, now),
         )
 
     async def store_article(self, job: Job, article: Article) -> bool:
@@ -252,13 +261,14 @@ class JobStore:
         return await self._update_held(
             job,
             """state = 'generated', title = ?, slug = ?, article = ?, word_count = ?, generated_at = ?,
-               progress_words = ?, updated_at = ?""",
+               incomplete = ?, progress_words = ?, draft = NULL, updated_at = ?""",
             (
                 article.title,
                 article.slug,
                 article.text,
                 article.word_count,
                 article.generated_at,
+                article.incomplete,
                 article.word_count,
                 self._clock(),
             ),
@@ -276,25 +286,28 @@ class JobStore:
             expected_state=JobState.GENERATED,
         )
 
-    async def retry_later(self, job: Job, error: str, delay: float) -> bool:
-        """``running`` → ``queued`` after ``delay`` seconds, keeping ``error`` as the last failure."""
+    async def retry_later(self, job: Job, error: str, delay: float, draft: str | None = None) -> bool:
+        """``running`` → ``queued`` after ``delay`` seconds, keeping ``error`` as the last failure (and the
+        text so far, when given, for the next attempt to continue)."""
         now = self._clock()
         return await self._update_held(
             job,
-            "state = 'queued', run_at = ?, error = ?, lease_token = NULL, lease_until = NULL, updated_at = ?",
-            (now + delay, error, now),
+            """state = 'queued', run_at = ?, error = ?, draft = COALESCE(?, draft), lease_token = NULL,
+               lease_until = NULL, updated_at = ?""",
+            (now + delay, error, draft, now),
             expected_state=JobState.RUNNING,
         )
 
-    async def release(self, job: Job, error: str | None = None) -> bool:
-        """Give the job back without counting an attempt against it (shutdown, or no backend yet)."""
+    async def release(self, job: Job, error: str | None = None, draft: str | None = None) -> bool:
+        """Give the job back without counting an attempt against it (shutdown, or no backend yet),
+        keeping the text so far when given."""
         now = self._clock()
         return await self._update_held(
             job,
             """state = CASE state WHEN 'running' THEN 'queued' ELSE state END,
                attempts = attempts - (state = 'running'), run_at = ?, error = COALESCE(?, error),
-               lease_token = NULL, lease_until = NULL, updated_at = ?""",
-            (now, error, now),
+               draft = COALESCE(?, draft), lease_token = NULL, lease_until = NULL, updated_at = ?""",
+            (now, error, draft, now),
         )
 
     async def fail(self, job: Job, error: str) -> bool:
@@ -392,6 +405,29 @@ class JobStore:
                 f"UPDATE jobs SET {assignments} WHERE {condition}", parameters + extra
             )
             return cursor.rowcount == 1
+
+    async def active_jobs(self, guild_id: int, limit: int) -> tuple[list[Job], int]:
+        """A server's unfinished jobs in the order they will be done (those being written or posted first,
+        then the queue in claim order), at most ``limit`` of them, and how many there are in all."""
+        rows = await self._db.fetch_all(
+            """SELECT * FROM jobs WHERE guild_id = ? AND state IN ('queued', 'running', 'generated')
+               ORDER BY state = 'queued', fair_seq, id LIMIT ?""",
+            (guild_id, limit),
+        )
+        count = await self._db.fetch_one(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND state IN ('queued', 'running', 'generated')",
+            (guild_id,),
+        )
+        return [Job.from_row(row) for row in rows], int(count[0]) if count is not None else len(rows)
+
+    async def queued_jobs(self, guild_id: int, user_id: int | None = None) -> list[Job]:
+        """A server's queued jobs (one member's, when given), in claim order."""
+        rows = await self._db.fetch_all(
+            """SELECT * FROM jobs WHERE guild_id = ? AND state = 'queued' AND (? IS NULL OR user_id = ?)
+               ORDER BY fair_seq, id""",
+            (guild_id, user_id, user_id),
+        )
+        return [Job.from_row(row) for row in rows]
 
 
 def replace(job: Job, **changes: Any) -> Job:

@@ -1,33 +1,61 @@
 """The blog worker: runs queued jobs to completion. Knows nothing of Discord.
 
 For each claimed job: generate the article through the backend pool (the lease renewed by a heartbeat
-the whole time), store it (state ``generated``, so a crash never costs the GPU work again), then hand it to
-the :class:`Delivery` to post, and record the posted message. Errors are classified: retryable ones put
-the job back with exponential backoff and jitter; permanent ones fail it with a clear reason.
+the whole time, the text so far saved with it), store it (state ``generated``, so a crash never costs the
+GPU work again), then hand it to the :class:`Delivery` to post, and record the posted message.
+
+A generation ends one of three ways, and only one of them is an article: the model *finished* (and wrote
+at least half the target), it was *cut at the token budget* (or stopped far short), or the stream *broke*.
+A cut article is continued — the text so far goes back as the assistant's turn and the model is asked to go
+on — up to ``max_continuations`` times; past that it is posted marked incomplete, never as done. A broken
+stream keeps its text: the job is retried later and continues from there.
+
+Errors are classified: retryable ones put the job back with exponential backoff and jitter; permanent ones
+fail it with a clear reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.blog.article import build_prompt, make_article, num_predict_for
+from bot.blog.article import build_prompt, clean_article, count_words, make_article, num_predict_for
 from bot.blog.store import Article, Job, JobState, JobStore, replace
 from bot.config import BlogConfig
-from bot.llm import LLMError, ModelNotFound, Timeouts
-from bot.llm.pool import BackendPool, Priority
+from bot.llm import ChatMessage, LLMError, ModelNotFound, Preempted, Timeouts
+from bot.llm.pool import BackendPool, PooledStream, Priority
 
 log = logging.getLogger(__name__)
 
-_WORD = re.compile(r"\w+")
+# A continuation that opens by talking about itself ("Sure! Here is the rest of the post:").
+_CONTINUATION_PREAMBLE = re.compile(
+    r"^\s*(sure|certainly|of course|okay|ok|here(?:'s| is| are)|continuing|below is|as requested)\b"
+    r"[^\n]{0,160}[:.!]\s*\n",
+    re.IGNORECASE,
+)
+#: A finished article under this share of its target is not done: it is continued.
+MIN_TARGET_SHARE = 0.5
+#: A job that fails for good with at least this many words written posts them (marked incomplete).
+SALVAGE_MIN_WORDS = 150
+CONTINUE_CUT = (
+    "Continue the blog post about {topic} exactly where the text above stops, mid-sentence if it stops "
+    "mid-sentence. Do not repeat anything, do not restart, and do not comment: write only the rest of the "
+    "post."
+)
+CONTINUE_SHORT = (
+    "The blog post about {topic} above is too short: about {words} words of the {target} asked for. "
+    "Continue it from where it ends with further sections, then a conclusion. Do not repeat anything and do "
+    "not comment: write only the rest of the post."
+)
 
 
 class DeliveryFailed(Exception):
@@ -46,17 +74,101 @@ class Delivery(Protocol):
         """Post the finished article (exactly once, even if called again after a crash); the message id."""
         ...
 
-    def job_changed(self, job: Job) -> None:
+    def job_changed(self, job: Job, progress: Progress | None = None) -> None:
         """The job moved (state, progress, retry): refresh whatever shows it. Must not block."""
         ...
 
 
+Phase = str  # "waiting" (for a model server) | "reading" (the prompt) | "writing"
+
+
 @dataclass
 class Progress:
-    """How far a running generation is, for status displays."""
+    """How far a running generation is, for status displays. Times are ``time.monotonic()``."""
 
-    words: int = 0
-    started_at: float = 0.0
+    target_words: int
+    #: What the model is doing: waiting for a model server, reading the prompt, or writing.
+    phase: Phase = "waiting"
+    #: The text of the finished parts, and the stream writing the current one.
+    base_text: str = ""
+    current: PooledStream | None = None
+    #: Which generation request this is (1, then 2, 3… for continuations).
+    part: int = 1
+    started_at: float = field(default_factory=time.monotonic)
+    phase_since: float = field(default_factory=time.monotonic)
+    #: Seconds spent writing in finished parts, and the words written in them (this process only).
+    written_seconds: float = 0.0
+    written_words: int = 0
+    #: When the current part's first token came, and the words before it.
+    writing_since: float | None = None
+    words_before_part: int = 0
+    #: The expected length of the finished article in words (the target, corrected by experience).
+    expected_words: float = 0.0
+    #: Tokens per second the backend has shown (for an estimate before the first token).
+    backend_rate: float | None = None
+    _words: int = 0
+    _counted_chars: int = -1
+
+    @property
+    def text(self) -> str:
+        """The article so far: the finished parts and what the current one has written."""
+        if self.current is None:
+            return self.base_text
+        return join_continuation(self.base_text, self.current.text)
+
+    def close_part(self) -> None:
+        """The current part ended (whichever way): its text joins the finished ones."""
+        self.base_text, self.current = self.text, None
+
+    @property
+    def words(self) -> int:
+        """Words of the text so far, counted as a reader would (recounted only when the text grew)."""
+        if self._counted_chars != len(self.text):
+            self._words = count_words(clean_article(self.text).body) if self.text else 0
+            self._counted_chars = len(self.text)
+        return self._words
+
+    def enter(self, phase: Phase) -> None:
+        now = time.monotonic()
+        if self.phase == "writing" and self.writing_since is not None:
+            self.written_seconds += now - self.writing_since
+            self.written_words += max(0, self.words - self.words_before_part)
+            self.writing_since = None
+        self.phase, self.phase_since = phase, now
+        if phase == "writing":
+            self.writing_since, self.words_before_part = now, self.words
+
+    def words_per_second(self) -> float | None:
+        """The real writing speed: words written over the time spent writing (waits and prompt reading
+        excluded)."""
+        seconds, words = self.written_seconds, self.written_words
+        if self.writing_since is not None:
+            seconds += time.monotonic() - self.writing_since
+            words += max(0, self.words - self.words_before_part)
+        if seconds >= 1.0 and words >= 10:
+            return words / seconds
+        if self.backend_rate:
+            return self.backend_rate * WORDS_PER_TOKEN
+        return None
+
+    def seconds_left(self) -> float | None:
+        """Time until the article is done at the speed seen so far, or None before anything is known."""
+        if self.phase == "waiting":
+            return None
+        rate = self.words_per_second()
+        if rate is None:
+            return None
+        expected = max(self.expected_words or self.target_words, self.words * 1.05 + 10)
+        return (expected - self.words) / rate
+
+    @property
+    def fraction(self) -> float:
+        expected = max(self.expected_words or self.target_words, self.words * 1.05 + 10)
+        return min(0.99, self.words / expected) if expected else 0.0
+
+
+#: Words per token of English prose with llama-family tokenizers, for estimates before any text.
+WORDS_PER_TOKEN = 0.75
 
 
 class BlogWorker:
@@ -80,9 +192,11 @@ class BlogWorker:
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._slots: list[asyncio.Task[None]] = []
-        self._generations: dict[int, asyncio.Task[str]] = {}
+        self._generations: dict[int, asyncio.Task[Draft]] = {}
         #: Live progress of the jobs this process is generating, by job id.
         self.progress: dict[int, Progress] = {}
+        #: Finished length over target length, per model, as seen so far (models over- and undershoot).
+        self._length_ratio: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -160,6 +274,7 @@ class BlogWorker:
                 slug=article.slug,
                 word_count=article.word_count,
                 generated_at=article.generated_at,
+                incomplete=article.incomplete,
             )
             log.info("blog job %d generated words=%d", job.id, article.word_count)
             self._delivery.job_changed(job)
@@ -167,89 +282,176 @@ class BlogWorker:
 
     async def _generate(self, job: Job) -> Article | None:
         """Generate and store the article; None when the job ended otherwise (failed, retried, cancelled)."""
-        progress = self.progress[job.id] = Progress(started_at=self._clock())
-        generation = asyncio.create_task(self._stream_article(job, progress), name=f"blog-generate-{job.id}")
+        progress = self.progress[job.id] = Progress(
+            target_words=job.target_length,
+            base_text=job.draft or "",
+            expected_words=job.target_length * self._length_ratio.get(job.model, 1.0),
+        )
+        generation = asyncio.create_task(self._write(job, progress), name=f"blog-generate-{job.id}")
         self._generations[job.id] = generation
         heartbeat = asyncio.create_task(
             self._heartbeat(job, progress, generation), name=f"blog-heartbeat-{job.id}"
         )
         try:
-            text = await generation
+            draft = await generation
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # we are being stopped ourselves, not just the generation
+                # We are being stopped ourselves: keep the text so far for the next run.
+                await asyncio.shield(self._store.release(job, draft=progress.text or None))
+                raise
             log.info("blog job %d stopped (cancelled or lease lost)", job.id)
             await self._publish(job.id)
             return None
         except LLMError as exc:
-            await self._handle_model_error(job, exc)
-            return None
+            salvaged = await self._handle_model_error(job, exc, progress.text)
+            if salvaged is None:
+                return None
+            draft = salvaged
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             self._generations.pop(job.id, None)
             self.progress.pop(job.id, None)
         article = make_article(
-            text,
+            draft.text,
             topic=job.topic,
             style=job.style,
             tone=job.tone,
             tags=job.tags,
             model=job.model,
             now=datetime.datetime.fromtimestamp(self._clock(), datetime.UTC),
+            job_id=job.id,
         )
+        if draft.complete and article.word_count >= MIN_TARGET_SHARE * job.target_length:
+            self._learn_length(job, article.word_count)
+        else:
+            article = dataclasses.replace(article, incomplete=draft.incomplete or "shorter than asked")
         if not await self._store.store_article(job, article):
             log.info("blog job %d finished generating but was cancelled meanwhile", job.id)
             return None
         return article
 
-    async def _stream_article(self, job: Job, progress: Progress) -> str:
+    def _learn_length(self, job: Job, words: int) -> None:
+        ratio = min(2.0, max(0.5, words / job.target_length))
+        previous = self._length_ratio.get(job.model)
+        self._length_ratio[job.model] = ratio if previous is None else previous + 0.5 * (ratio - previous)
+
+    async def _write(self, job: Job, progress: Progress) -> Draft:
+        """Generate until the model finishes a long-enough article, continuing it after every cut.
+
+        Raises :class:`LLMError` when a request fails; ``progress.text`` then holds everything written,
+        the broken part included, for the next attempt to continue from.
+        """
         system, prompt = build_prompt(job.topic, job.style, job.tone, job.target_length, job.tags)
-        options = {
-            "temperature": self._config.temperature,
-            "num_predict": num_predict_for(job.target_length),
-            "num_ctx": self._config.num_ctx,
-        }
+        budget = self._config.max_tokens or num_predict_for(job.target_length)
         timeouts = Timeouts(
             first_byte=self._config.first_token_timeout,
             idle=self._config.idle_timeout,
             total=self._config.deadline,
         )
-        stream = self._pool.generate(
-            job.model, prompt, system=system, options=options, priority=Priority.BLOG, timeouts=timeouts
-        )
-        async with stream:
-            async for text in stream:
-                progress.words += len(_WORD.findall(text))
-        return stream.text
+        options = {
+            "temperature": self._config.temperature,
+            "num_predict": budget,
+            "num_ctx": self._config.num_ctx,
+        }
+        part = 0
+        preempted = False
+        while True:
+            if not preempted:
+                part += 1
+            continuations, preempted = part - 1, False
+            messages = article_messages(job, system, prompt, progress.text)
+            progress.part = part
+            stream = self._pool.chat(
+                job.model,
+                messages,
+                options=options,
+                priority=Priority.BLOG,
+                timeouts=timeouts,
+                min_reply_tokens=min(budget, 256),
+            )
+            stream.on_started = lambda: progress.enter("reading")
+            progress.backend_rate = self._pool.tokens_per_second(job.model)
+            progress.current = stream
+            try:
+                async with stream:
+                    async for _ in stream:
+                        if progress.phase != "writing":
+                            progress.enter("writing")
+            except Preempted:
+                # A chat needed the slot: go on from the text so far as soon as the pool lets us.
+                log.info("blog job %d paused for a chat at %d words", job.id, progress.words)
+                preempted = True
+                continue
+            finally:
+                # Whatever happened, the text written so far stays (a broken reply included): the next
+                # part or attempt continues from it.
+                progress.enter("waiting")
+                progress.close_part()
+            cut = stream.stats is not None and stream.stats.truncated
+            words = progress.words
+            if not cut and words >= MIN_TARGET_SHARE * job.target_length:
+                return Draft(progress.text, complete=True)
+            if continuations >= self._config.max_continuations:
+                why = (
+                    f"it reached the length cap after {part} parts"
+                    if cut
+                    else f"the model stopped at {words} of {job.target_length} words"
+                )
+                log.info("blog job %d posted incomplete: %s", job.id, why)
+                return Draft(progress.text, complete=False, incomplete=why)
+            log.info(
+                "blog job %d part %d ended %s at %d words; continuing",
+                job.id,
+                part,
+                "at the token budget" if cut else "short of the target",
+                words,
+            )
 
-    async def _heartbeat(self, job: Job, progress: Progress, generation: asyncio.Task[str]) -> None:
-        """Renew the lease and publish progress; stop the generation if the job is no longer ours."""
+    async def _heartbeat(self, job: Job, progress: Progress, generation: asyncio.Task[Draft]) -> None:
+        """Renew the lease, save the text so far and publish progress; stop the generation if the job is
+        no longer ours."""
         renew_every = self._config.lease_seconds / 3
         show_every = self._config.progress_interval
         last_renewal = self._clock()
+        saved = len(progress.text)
+        self._delivery.job_changed(job, progress)
         while True:
             await asyncio.sleep(min(renew_every, show_every))
-            self._delivery.job_changed(replace(job, progress_words=progress.words))
+            self._delivery.job_changed(replace(job, progress_words=progress.words), progress)
             if self._clock() - last_renewal >= renew_every * 0.99:
-                if not await self._store.heartbeat(job, self._config.lease_seconds, progress.words):
+                text = progress.text
+                draft = text if len(text) != saved else None
+                if not await self._store.heartbeat(job, self._config.lease_seconds, progress.words, draft):
                     generation.cancel()  # cancelled by someone, or the lease was lost: stop the model
                     return
+                saved = len(text)
                 last_renewal = self._clock()
 
-    async def _handle_model_error(self, job: Job, error: LLMError) -> None:
+    async def _handle_model_error(self, job: Job, error: LLMError, text: str) -> Draft | None:
+        """Retry later, or fail the job; a job that can't go on but has a real article's worth of text
+        gets it posted, marked incomplete, rather than thrown away (returned as a :class:`Draft`)."""
         reason = describe_model_error(error, job.model)
         if error.retryable and job.attempts < self._config.max_attempts:
             delay = retry_delay(job.attempts, self._config.retry_base_seconds)
             log.info(
-                "blog job %d attempt %d failed (%s); retrying in %.0fs", job.id, job.attempts, error, delay
+                "blog job %d attempt %d failed (%s); retrying in %.0fs from %d characters",
+                job.id,
+                job.attempts,
+                error,
+                delay,
+                len(text),
             )
-            await self._store.retry_later(job, reason, delay)
+            await self._store.retry_later(job, reason, delay, draft=text or None)
             await self._publish(job.id)
             self.notify()
-        else:
-            await self._finish_failed(job, reason)
+            return None
+        if count_words(clean_article(text).body) >= SALVAGE_MIN_WORDS:
+            log.info("blog job %d cannot go on (%s); posting what was written", job.id, error)
+            return Draft(text, complete=False, incomplete=f"writing stopped early: {reason}")
+        await self._finish_failed(job, reason)
+        return None
 
     async def _deliver(self, job: Job) -> None:
         try:
@@ -277,6 +479,45 @@ class BlogWorker:
             self._delivery.job_changed(job)
 
 
+@dataclass(frozen=True)
+class Draft:
+    """A generation's text and whether it is a whole article."""
+
+    text: str
+    complete: bool
+    incomplete: str | None = None
+
+
+def article_messages(job: Job, system: str, prompt: str, text_so_far: str) -> list[ChatMessage]:
+    """The request for the article, or to continue it: the text so far as the assistant's turn, then the
+    request to go on (naming the topic, in case a small context window leaves only the text's end)."""
+    messages = [ChatMessage("system", system), ChatMessage("user", prompt)]
+    if not text_so_far:
+        return messages
+    words = count_words(clean_article(text_so_far).body)
+    if words < MIN_TARGET_SHARE * job.target_length or not text_so_far.rstrip().endswith((".", "!", "?")):
+        request = CONTINUE_CUT if not text_so_far.rstrip().endswith((".", "!", "?")) else CONTINUE_SHORT
+    else:
+        request = CONTINUE_CUT
+    request = request.format(topic=job.topic, words=words, target=job.target_length)
+    return [*messages, ChatMessage("assistant", text_so_far), ChatMessage("user", request)]
+
+
+def join_continuation(before: str, after: str) -> str:
+    """``before`` and a continuation of it as one text: a preamble the model put before the continuation
+    is dropped, and the seam gets the space or paragraph break it needs."""
+    if not before:
+        return after
+    after = _CONTINUATION_PREAMBLE.sub("", after, count=1)
+    if not after:
+        return before
+    if before[-1].isspace() or after[0].isspace() or after[0] in ".,;:!?)]}'\"":
+        return before + after
+    if after.startswith(("#", "- ", "* ", "|", "```", ">")) or re.match(r"\d+\.\s", after):
+        return before.rstrip() + "\n\n" + after
+    return before + " " + after
+
+
 def retry_delay(attempt: int, base: float) -> float:
     """Exponential backoff with ±10 % jitter: base, 2·base, 4·base, … (capped at an hour)."""
     delay = min(3600.0, base * 2.0 ** (attempt - 1))
@@ -286,5 +527,5 @@ def retry_delay(attempt: int, base: float) -> float:
 def describe_model_error(error: LLMError, model: str) -> str:
     """The reason kept on a failed or retried job, for the requester."""
     if isinstance(error, ModelNotFound):
-        return f"the model `{model}` is not installed on the server (run `ollama pull {model}` there)"
+        return error.explain()
     return f"the model server failed: {error}"

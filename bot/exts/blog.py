@@ -28,8 +28,8 @@ from bot.blog.article import (
     validate_target_length,
     validate_topic,
 )
-from bot.blog.store import BlogRequest, Job, JobState, JobStore, QuotaExceeded, Quotas, replace
-from bot.blog.worker import BlogWorker, DeliveryFailed
+from bot.blog.store import BlogRequest, Job, JobState, JobStore, QuotaExceeded, Quotas
+from bot.blog.worker import BlogWorker, DeliveryFailed, Progress
 
 if TYPE_CHECKING:
     from bot.bot import LLMBot
@@ -50,8 +50,10 @@ def delivery_marker(job_id: int) -> str:
     return f"📝 Blog post #{job_id} "
 
 
-def render_status(job: Job, *, position: int | None = None, now: float | None = None) -> str:
-    """The status message text for ``job``."""
+def render_status(
+    job: Job, *, position: int | None = None, progress: Progress | None = None, now: float | None = None
+) -> str:
+    """The status message text for ``job`` (``progress``: the live view of a job being written here)."""
     now = time.time() if now is None else now
     head = f"**Blog post #{job.id}** — *{discord.utils.escape_markdown(job.topic)}*"
     if job.state is JobState.QUEUED:
@@ -61,26 +63,44 @@ def render_status(job: Job, *, position: int | None = None, now: float | None = 
             line += f"\nLast try failed: {job.error}. Trying again (attempt {job.attempts + 1})."
         return line
     if job.state is JobState.RUNNING:
-        started = job.started_at or now
-        elapsed = max(0.0, now - started)
-        fraction = min(1.0, job.progress_words / job.target_length) if job.target_length else 0.0
-        filled = round(fraction * PROGRESS_BAR_WIDTH)
-        bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
-        estimate = ""
-        if 0 < job.progress_words < job.target_length and elapsed > 1:
-            remaining = elapsed / job.progress_words * (job.target_length - job.progress_words)
-            estimate = f" · about {_duration(remaining)} left"
-        return (
-            f"✍️ {head}\nWriting with `{job.model}`: `{bar}` {fraction:.0%} "
-            f"({job.progress_words} / {job.target_length} words) · {_duration(elapsed)} elapsed{estimate}"
-        )
+        return f"✍️ {head}\n{_running_line(job, progress, now)}"
     if job.state is JobState.GENERATED:
         return f"📦 {head}\nWritten ({job.word_count} words); posting it…"
     if job.state is JobState.DELIVERED:
+        if job.incomplete:
+            return (
+                f"⚠️ {head}\nPosted incomplete ({job.word_count} words; {job.incomplete}): "
+                f"the article is {_message_link(job)}."
+            )
         return f"✅ {head}\nDone ({job.word_count} words): the article is {_message_link(job)}."
     if job.state is JobState.FAILED:
         return f"❌ {head}\nFailed: {job.error}"
     return f"🚫 {head}\nCancelled."
+
+
+def _running_line(job: Job, progress: Progress | None, now: float) -> str:
+    """What a running job is doing, truthfully: waiting for a server, reading the prompt, or writing."""
+    if progress is None:
+        # Another process holds it (or it has just been claimed): what the database knows.
+        since = _duration(max(0.0, now - (job.started_at or now)))
+        return f"Writing with `{job.model}` ({job.progress_words} words so far) · {since} elapsed"
+    elapsed = _duration(time.monotonic() - progress.started_at)
+    part = f" (part {progress.part})" if progress.part > 1 else ""
+    if progress.phase == "waiting":
+        waited = _duration(time.monotonic() - progress.phase_since)
+        return f"Waiting for a model server to take `{job.model}`{part} · waiting {waited}"
+    words = progress.words
+    left = progress.seconds_left()
+    estimate = f" · about {_duration(left)} left" if left is not None else ""
+    if progress.phase == "reading":
+        so_far = f" ({words} words so far)" if words else ""
+        return f"Reading the prompt with `{job.model}`{part}{so_far} · {elapsed} elapsed{estimate}"
+    filled = round(progress.fraction * PROGRESS_BAR_WIDTH)
+    bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
+    return (
+        f"Writing with `{job.model}`{part}: `{bar}` {progress.fraction:.0%} "
+        f"({words} / {job.target_length} words) · {elapsed} elapsed{estimate}"
+    )
 
 
 def _message_link(job: Job) -> str:
@@ -106,6 +126,8 @@ class StatusBoard:
         self._store = store
         self._interval = interval
         self._latest: dict[int, Job] = {}
+        # The live progress of jobs being written in this process (read when their status is shown).
+        self._progress: dict[int, Progress] = {}
         self._shown: dict[int, str] = {}
         self._edited_at: dict[int, float] = {}
         # Status message ids known here but not yet written to the database (see remember_message).
@@ -126,8 +148,12 @@ class StatusBoard:
             await self._store.set_status_messages(self._unsaved)
             self._unsaved = {}
 
-    def job_changed(self, job: Job) -> None:
+    def job_changed(self, job: Job, progress: Progress | None = None) -> None:
         self._latest[job.id] = job
+        if progress is not None and job.state is JobState.RUNNING:
+            self._progress[job.id] = progress
+        else:
+            self._progress.pop(job.id, None)
         self._wakeup.set()
 
     def remember_message(self, job_id: int, message_id: int) -> None:
@@ -164,6 +190,7 @@ class StatusBoard:
                     self._shown.pop(job_id, None)
                     self._edited_at.pop(job_id, None)
                     self._message_ids.pop(job_id, None)
+                    self._progress.pop(job_id, None)
             if next_due is not None:
                 await asyncio.sleep(max(0.0, next_due - time.monotonic()))
                 self._wakeup.set()
@@ -172,7 +199,7 @@ class StatusBoard:
         message_id = job.status_message_id or self._message_ids.get(job.id)
         if message_id is None:
             return
-        text = render_status(job, position=position)
+        text = render_status(job, position=position, progress=self._progress.get(job.id))
         if self._shown.get(job.id) == text:
             return
         await self._bot.budgets.get(job.channel_id, "edit").acquire(urgent=urgent)
@@ -290,8 +317,9 @@ class Blog(commands.Cog):
         if found is None:
             return
         positions = await self.store.queue_positions()
+        live = self.worker.progress.get(found.id) if found.state is JobState.RUNNING else None
         await interaction.response.send_message(
-            render_status(self._with_live_progress(found), position=positions.get(found.id)), ephemeral=True
+            render_status(found, position=positions.get(found.id), progress=live), ephemeral=True
         )
 
     @blog.command(name="list")
@@ -357,16 +385,10 @@ class Blog(commands.Cog):
             return None
         return job
 
-    def _with_live_progress(self, job: Job) -> Job:
-        progress = self.worker.progress.get(job.id)
-        if progress is None or job.state is not JobState.RUNNING:
-            return job
-        return replace(job, progress_words=progress.words)
-
     # -- Delivery (called by the worker) ---------------------------------------------------------------
 
-    def job_changed(self, job: Job) -> None:
-        self.board.job_changed(job)
+    def job_changed(self, job: Job, progress: Progress | None = None) -> None:
+        self.board.job_changed(job, progress)
 
     async def deliver(self, job: Job) -> int:
         """Post the article in the job's channel, exactly once; the posted message's id."""
@@ -378,6 +400,8 @@ class Blog(commands.Cog):
             return existing
         title = discord.utils.escape_markdown(job.title or job.topic)
         content = f"{delivery_marker(job.id)}for <@{job.user_id}>: **{title}** ({job.word_count} words)"
+        if job.incomplete:
+            content += f"\n⚠️ *Incomplete: {job.incomplete}.*"
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(job.user_id)])
         file = discord.File(io.BytesIO(job.article.encode("utf-8")), filename=f"{job.slug}.md")
         await self.bot.budgets.get(job.channel_id, "create").acquire(urgent=True)

@@ -11,7 +11,9 @@ from tests.fakes.discord_server import DiscordEmulator
 from tests.fakes.ollama_server import FakeOllamaServer
 from tests.harness import EmulatorControl, FakeOllamaControl, make_config, running_bot, wait_until
 
-ARTICLE = "# Owls at Night\n\nOwls are quiet hunters.\n\n## Eyes\n\nThey see in the dark."
+ARTICLE = "# Owls at Night\n\nOwls are quiet hunters.\n\n## Eyes\n\nThey see in the dark." + (
+    "\n\n## More\n\n" + "Owls hunt mice, voles and insects at night. " * 20
+)  # 180 words: more than half of a 300-word target, so it is a whole article
 FAST_BLOG = {"retry_base_seconds": 0.05, "progress_interval": 0.5, "lease_seconds": 5.0}
 EPHEMERAL = 64
 
@@ -50,7 +52,7 @@ async def test_blog_new_is_acknowledged_shows_progress_and_posts_the_article(
     tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
 ) -> None:
     async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=40) as fake:
-        fake.script("mistral:latest", [ARTICLE + " More words here." * 6])
+        fake.script("mistral:latest", [ARTICLE + " More words here." * 10])
         config = make_config(tmp_path, emulator.url, [fake.url], blog=FAST_BLOG)
         async with running_bot(config):
             await discord_api.refresh()
@@ -62,7 +64,7 @@ async def test_blog_new_is_acknowledged_shows_progress_and_posts_the_article(
                 topic="owls",
                 style="casual",
                 tone="friendly",
-                target_length=400,
+                target_length=300,
                 tags="Birds, night,birds",
             )
             record = await discord_api.answered(invocation["interaction_id"])
@@ -72,19 +74,19 @@ async def test_blog_new_is_acknowledged_shows_progress_and_posts_the_article(
             assert "Blog post #1" in ack["data"]["content"] and "position 1" in ack["data"]["content"]
             (post,) = await wait_for_articles(discord_api, 1)
             final = await wait_until(lambda: _contains(status_text(discord_api, record), "Done"), within=10)
-        request = [r for r in fake.requests if r["path"] == "/api/generate"][-1]
+        (request,) = [r for r in fake.requests if r["path"] == "/api/chat"]
     attachment = post["attachments"][0]
-    assert attachment["filename"] == "owls-at-night.md"
+    assert attachment["filename"] == "owls-at-night-1.md"
     meta = yaml.safe_load(attachment["text"].split("---\n")[1])
     assert meta["title"] == "Owls at Night" and meta["topic"] == "owls" and meta["tags"] == ["birds", "night"]
     assert (meta["style"], meta["tone"], meta["model"]) == ("casual", "friendly", "mistral:latest")
-    assert meta["word_count"] > 10 and meta["slug"] == "owls-at-night"
+    assert meta["word_count"] > 10 and meta["slug"] == "owls-at-night-1"
     assert "Owls are quiet hunters." in attachment["text"]
     assert post["pinged"] == [discord_api.user("alice")]
     assert post["nonce"] == "blog-1"
     assert request["body"]["model"] == "mistral:latest"
     assert request["body"]["options"]["num_predict"] >= 600
-    assert "owls" in request["body"]["prompt"]
+    assert "owls" in request["body"]["messages"][-1]["content"]
     # The status message moved through queued → writing → done.
     status = next(
         m for m in await discord_api.messages("general") if str(m["id"]) == str(record["original"]["id"])
@@ -187,7 +189,7 @@ async def test_permanent_error_fails_the_job_and_retryable_error_is_retried(
         record = await discord_api.interaction(retried["interaction_id"])
         await wait_until(lambda: _contains(status_text(discord_api, record), "Done"), within=10)
     assert post["attachments"][0]["filename"].endswith(".md")
-    statuses = [r["status"] for r in ollama.requests if r["path"] == "/api/generate"]
+    statuses = [r["status"] for r in ollama.requests if r["path"] == "/api/chat"]
     assert statuses[:2] == [503, 503] and statuses[-1] == 200
 
     missing = make_config(tmp_path, emulator.url, [ollama.url], blog={**FAST_BLOG, "model": "llama9"})
@@ -195,7 +197,7 @@ async def test_permanent_error_fails_the_job_and_retryable_error_is_retried(
         failed = await discord_api.invoke("general", "bob", "blog new", topic="no such model")
         record = await discord_api.answered(failed["interaction_id"])
         text = await wait_until(lambda: _contains(status_text(discord_api, record), "Failed"), within=10)
-    assert "`llama9` is not installed" in text
+    assert "`llama9` is not available" in text
     assert len([r for r in ollama.requests if r["body"] and r["body"].get("model") == "llama9"]) == 1
 
 
@@ -214,7 +216,9 @@ async def test_a_deleted_channel_fails_the_job_and_the_requester_gets_the_articl
     async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=50) as slow:
         slow.script("mistral:latest", [ARTICLE])
         async with running_bot(make_config(tmp_path, emulator.url, [slow.url], blog=FAST_BLOG)) as runner:
-            invocation = await discord_api.invoke("blog", "bob", "blog new", topic="into the void")
+            invocation = await discord_api.invoke(
+                "blog", "bob", "blog new", topic="into the void", target_length=300
+            )
             await discord_api.answered(invocation["interaction_id"])
             await wait_until(lambda: _true(any(r["first_token_at"] for r in slow.requests)))
             deleted = await http.delete(f"{emulator.url}/_emulator/channels/{discord_api.channel('blog')}")
@@ -226,9 +230,96 @@ async def test_a_deleted_channel_fails_the_job_and_the_requester_gets_the_articl
     dm = discord_api.state["dm_channels"]["bob"]
     (notice,) = (await http.get(f"{emulator.url}/_emulator/channels/{dm}/messages")).json()
     assert "could not be posted (the channel no longer exists)" in notice["content"]
-    assert notice["attachments"][0]["filename"] == "owls-at-night.md"
+    assert notice["attachments"][0]["filename"] == "owls-at-night-1.md"
 
 
 async def _finished(store: Any, job_id: int) -> Any:
     job = await store.get(job_id)
     return job if job is not None and job.state in ("delivered", "failed", "cancelled") else None
+
+
+def words(count: int, start: int = 0) -> str:
+    return " ".join(f"w{i}" for i in range(start, start + count))
+
+
+async def run_one_job(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    api: EmulatorControl,
+    fake: FakeOllamaServer,
+    blog: dict[str, Any],
+    topic: str = "a long story",
+) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+    """One /blog job from command to post: (the posted message, the final status text, the model requests)."""
+    config = make_config(tmp_path, emulator.url, [fake.url], blog={**FAST_BLOG, **blog})
+    async with running_bot(config):
+        invocation = await api.invoke("general", "alice", "blog new", topic=topic, target_length=300)
+        record = await api.answered(invocation["interaction_id"])
+        (post,) = await wait_for_articles(api, 1, within=20)
+        final = await wait_until(lambda: _final_status(status_text(api, record)), within=10)
+    return post, final, [r for r in fake.requests if r["path"] == "/api/chat"]
+
+
+async def _final_status(text_coroutine: Any) -> str | None:
+    text = await text_coroutine
+    return text if text.startswith(("✅", "⚠️", "❌")) else None
+
+
+async def test_an_article_cut_at_the_budget_is_continued_into_one_whole_article(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    # 100 tokens of the fake: "#", " The", " Long", " Story", then w0 … w95.
+    first, rest = f"# The Long Story\n\n{words(150)}", f" {words(60, start=96)}. The end."
+    async with FakeOllamaServer(models=["mistral:latest"]) as fake:
+        fake.script("mistral:latest", [first, rest])
+        post, final, requests = await run_one_job(tmp_path, emulator, discord_api, fake, {"max_tokens": 100})
+    assert final.startswith("✅") and "Done" in final
+    assert len(requests) == 2
+    continuation = requests[1]["body"]["messages"]
+    assert continuation[-2]["role"] == "assistant" and continuation[-2]["content"].endswith("w95")
+    assert continuation[-1]["role"] == "user" and "Continue" in continuation[-1]["content"]
+    text = post["attachments"][0]["text"]
+    body = text.split("---\n", 2)[2]
+    assert words(156) + ". The end." in " ".join(body.split()), "one text, nothing lost or repeated"
+    assert "Incomplete" not in post["content"]
+
+
+async def test_an_article_still_cut_after_every_continuation_is_posted_marked_incomplete(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"]) as fake:
+        fake.script("mistral:latest", [f"# Endless\n\n{words(400)}", words(400, start=400)])
+        post, final, requests = await run_one_job(
+            tmp_path, emulator, discord_api, fake, {"max_tokens": 60, "max_continuations": 1}
+        )
+    assert len(requests) == 2
+    assert final.startswith("⚠️") and "Done" not in final and "incomplete" in final.lower()
+    assert "Incomplete" in post["content"] and "length cap" in post["content"]
+
+
+async def test_a_finished_but_far_too_short_article_is_continued(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"]) as fake:
+        fake.script("mistral:latest", [f"# Brief\n\n{words(26)}.", f"\n\n## More\n\n{words(200, start=26)}."])
+        _, final, requests = await run_one_job(tmp_path, emulator, discord_api, fake, {})
+    assert len(requests) == 2
+    assert "too short" in requests[1]["body"]["messages"][-1]["content"]
+    assert final.startswith("✅")
+
+
+async def test_a_stream_that_breaks_mid_article_continues_from_its_text(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    discord_api: EmulatorControl,
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"]) as fake:
+        fake.script("mistral:latest", [f"# Broken\n\n{words(300)}.", f"{words(120, start=40)}. Done now."])
+        fake.add_fault({"kind": "die_mid_stream", "after_tokens": 42, "model": "mistral:latest"})
+        post, final, requests = await run_one_job(tmp_path, emulator, discord_api, fake, {})
+    assert len(requests) == 2
+    resumed = requests[1]["body"]["messages"]
+    assert resumed[-2]["role"] == "assistant" and resumed[-2]["content"].rstrip().endswith("w39")
+    body = " ".join(post["attachments"][0]["text"].split("---\n", 2)[2].split())
+    assert words(160) in body and body.count("w39 ") == 1
+    assert final.startswith("✅")
