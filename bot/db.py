@@ -96,10 +96,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_log_guild ON audit_log (guild_id, id);
     """,
-    # 4: the text generated so far (a checkpoint to continue from), and why a posted article is not whole.
+    # 4: the text generated so far (a checkpoint to continue from), why a posted article is not whole,
+    #    who cancelled a job, and how often posting it failed.
     """
     ALTER TABLE jobs ADD COLUMN draft TEXT;
     ALTER TABLE jobs ADD COLUMN incomplete TEXT;
+    ALTER TABLE jobs ADD COLUMN cancelled_by INTEGER;
+    ALTER TABLE jobs ADD COLUMN post_attempts INTEGER NOT NULL DEFAULT 0;
     """,
 )
 

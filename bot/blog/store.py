@@ -91,6 +91,10 @@ class Job:
     draft: str | None = None
     #: Why the posted article is not whole (cut at the length cap, far below its target); None if it is.
     incomplete: str | None = None
+    #: Who cancelled the job (a user id), when it was cancelled.
+    cancelled_by: int | None = None
+    #: Failed attempts to post the article (Discord trouble), for backoff and giving up.
+    post_attempts: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -310,6 +314,31 @@ class JobStore:
             (now, error, draft, now),
         )
 
+    async def postpone_post(self, job: Job, error: str, delay: float) -> bool:
+        """Posting a ``generated`` job failed for a passing reason: give it up for ``delay`` seconds (it is
+        claimed again then, by any worker) and count the failed try."""
+        now = self._clock()
+        return await self._update_held(
+            job,
+            """post_attempts = post_attempts + 1, error = ?, lease_token = NULL, lease_until = ?,
+               updated_at = ?""",
+            (error, now + delay, now),
+            expected_state=JobState.GENERATED,
+        )
+
+    async def extend_lease(self, job: Job, lease_seconds: float) -> bool:
+        """Renew the lease of a job being posted (no progress to record); False if it was taken from us."""
+        now = self._clock()
+        return await self._update_held(job, "lease_until = ?, updated_at = ?", (now + lease_seconds, now))
+
+    async def active_with_status(self) -> list[Job]:
+        """Unfinished jobs that have a status message, oldest first (to refresh them after a restart)."""
+        rows = await self._db.fetch_all(
+            """SELECT * FROM jobs WHERE state IN ('queued', 'running', 'generated')
+               AND status_message_id IS NOT NULL ORDER BY id"""
+        )
+        return [Job.from_row(row) for row in rows]
+
     async def fail(self, job: Job, error: str) -> bool:
         """Give up on the job, keeping the reason."""
         now = self._clock()
@@ -320,15 +349,15 @@ class JobStore:
             (error, now, now),
         )
 
-    async def cancel(self, job_id: int) -> Job | None:
-        """Cancel a job that has not finished yet; returns the cancelled job, or None if it had."""
+    async def cancel(self, job_id: int, by: int | None = None) -> Job | None:
+        """Cancel a job that has not finished yet (``by``: who); the cancelled job, or None if it had."""
         now = self._clock()
         async with self._db.transaction() as connection:
             cursor = await connection.execute(
                 """UPDATE jobs SET state = 'cancelled', lease_token = NULL, lease_until = NULL,
-                                   finished_at = ?, updated_at = ?
+                                   cancelled_by = ?, finished_at = ?, updated_at = ?
                    WHERE id = ? AND state IN ('queued', 'running', 'generated') RETURNING *""",
-                (now, now, job_id),
+                (by, now, now, job_id),
             )
             row = await cursor.fetchone()
         return None if row is None else Job.from_row(row)

@@ -25,13 +25,25 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from bot.blog.article import build_prompt, clean_article, count_words, make_article, num_predict_for
 from bot.blog.store import Article, Job, JobState, JobStore, replace
 from bot.config import BlogConfig
-from bot.llm import ChatMessage, LLMError, ModelNotFound, Preempted, Timeouts
+from bot.llm import (
+    BackendBusy,
+    BackendError,
+    BackendUnavailable,
+    ChatMessage,
+    ContextOverflow,
+    LLMError,
+    LLMTimeout,
+    ModelNotFound,
+    Preempted,
+    StreamFailed,
+    Timeouts,
+)
 from bot.llm.pool import BackendPool, PooledStream, Priority
 
 log = logging.getLogger(__name__)
@@ -46,6 +58,9 @@ _CONTINUATION_PREAMBLE = re.compile(
 MIN_TARGET_SHARE = 0.5
 #: A job that fails for good with at least this many words written posts them (marked incomplete).
 SALVAGE_MIN_WORDS = 150
+#: Posting a finished article is tried this often (Discord trouble), waiting at most POST_RETRY_CAP between.
+MAX_POST_ATTEMPTS = 12
+POST_RETRY_CAP = 600.0
 CONTINUE_CUT = (
     "Continue the blog post about {topic} exactly where the text above stops, mid-sentence if it stops "
     "mid-sentence. Do not repeat anything, do not restart, and do not comment: write only the rest of the "
@@ -84,9 +99,10 @@ Phase = str  # "waiting" (for a model server) | "reading" (the prompt) | "writin
 
 @dataclass
 class Progress:
-    """How far a running generation is, for status displays. Times are ``time.monotonic()``."""
+    """How far a running generation is, for status displays. Times are ``clock()`` (monotonic)."""
 
     target_words: int
+    clock: Callable[[], float] = time.monotonic
     #: What the model is doing: waiting for a model server, reading the prompt, or writing.
     phase: Phase = "waiting"
     #: The text of the finished parts, and the stream writing the current one.
@@ -94,8 +110,8 @@ class Progress:
     current: PooledStream | None = None
     #: Which generation request this is (1, then 2, 3… for continuations).
     part: int = 1
-    started_at: float = field(default_factory=time.monotonic)
-    phase_since: float = field(default_factory=time.monotonic)
+    started_at: float = -1.0
+    phase_since: float = -1.0
     #: Seconds spent writing in finished parts, and the words written in them (this process only).
     written_seconds: float = 0.0
     written_words: int = 0
@@ -108,6 +124,18 @@ class Progress:
     backend_rate: float | None = None
     _words: int = 0
     _counted_chars: int = -1
+
+    def __post_init__(self) -> None:
+        if self.started_at < 0:
+            self.started_at = self.phase_since = self.clock()
+
+    def elapsed(self) -> float:
+        """Seconds since the job started here."""
+        return self.clock() - self.started_at
+
+    def in_phase(self) -> float:
+        """Seconds in the current phase."""
+        return self.clock() - self.phase_since
 
     @property
     def text(self) -> str:
@@ -129,7 +157,7 @@ class Progress:
         return self._words
 
     def enter(self, phase: Phase) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.phase == "writing" and self.writing_since is not None:
             self.written_seconds += now - self.writing_since
             self.written_words += max(0, self.words - self.words_before_part)
@@ -143,7 +171,7 @@ class Progress:
         excluded)."""
         seconds, words = self.written_seconds, self.written_words
         if self.writing_since is not None:
-            seconds += time.monotonic() - self.writing_since
+            seconds += self.clock() - self.writing_since
             words += max(0, self.words - self.words_before_part)
         if seconds >= 1.0 and words >= 10:
             return words / seconds
@@ -454,18 +482,36 @@ class BlogWorker:
         return None
 
     async def _deliver(self, job: Job) -> None:
+        """Post the article, holding the lease meanwhile (a slow post is never claimed by another worker);
+        a passing failure is tried again later with capped backoff, by whichever worker claims it."""
+        keep = asyncio.create_task(self._keep_lease(job), name=f"blog-post-lease-{job.id}")
         try:
             message_id = await self._delivery.deliver(job)
         except DeliveryFailed as exc:
             if exc.permanent:
                 await self._finish_failed(job, exc.reason)
+            elif job.post_attempts + 1 >= MAX_POST_ATTEMPTS:
+                await self._finish_failed(job, f"Discord kept refusing the post ({exc.reason})")
             else:
-                # Discord is having trouble: keep the article and try posting again once the lease runs out.
-                log.warning("blog job %d delivery failed (%s); will retry", job.id, exc.reason)
+                delay = min(
+                    POST_RETRY_CAP, retry_delay(job.post_attempts + 1, self._config.retry_base_seconds)
+                )
+                log.warning("blog job %d post failed (%s); trying again in %.0fs", job.id, exc.reason, delay)
+                await self._store.postpone_post(job, exc.reason, delay)
+                self.notify()
             return
+        finally:
+            keep.cancel()
+            await asyncio.gather(keep, return_exceptions=True)
         if await self._store.mark_delivered(job, message_id):
             log.info("blog job %d delivered message=%d", job.id, message_id)
             await self._publish(job.id)
+
+    async def _keep_lease(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self._config.lease_seconds / 3)
+            if not await self._store.extend_lease(job, self._config.lease_seconds):
+                return
 
     async def _finish_failed(self, job: Job, reason: str) -> None:
         if await self._store.fail(job, reason):
@@ -525,7 +571,19 @@ def retry_delay(attempt: int, base: float) -> float:
 
 
 def describe_model_error(error: LLMError, model: str) -> str:
-    """The reason kept on a failed or retried job, for the requester."""
+    """Why a try stopped, in plain words for the requester (the log keeps the server's own message)."""
     if isinstance(error, ModelNotFound):
         return error.explain()
-    return f"the model server failed: {error}"
+    if isinstance(error, ContextOverflow):
+        return "the request did not fit the model's context window"
+    if isinstance(error, BackendUnavailable):
+        return "no model server could be reached"
+    if isinstance(error, BackendBusy):
+        return "the model servers were too busy"
+    if isinstance(error, LLMTimeout):
+        return f"the model server stopped answering ({error})"
+    if isinstance(error, StreamFailed):
+        return "the model server stopped in the middle of writing"
+    if isinstance(error, BackendError):
+        return f"the model server reported an error (HTTP {error.status})"
+    return "the model server failed"

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -30,6 +31,7 @@ from bot.blog.article import (
 )
 from bot.blog.store import BlogRequest, Job, JobState, JobStore, QuotaExceeded, Quotas
 from bot.blog.worker import BlogWorker, DeliveryFailed, Progress
+from bot.errors import DISCORD_ERRORS, describe_discord_error, is_transient
 
 if TYPE_CHECKING:
     from bot.bot import LLMBot
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 PROGRESS_BAR_WIDTH = 12
 RECOVERY_HISTORY_LIMIT = 100
+#: Queue positions (and paused notices) are refreshed at most this often, and at least this often
+#: while jobs are queued.
+POSITIONS_EVERY = 5.0
 
 
 def delivery_nonce(job_id: int) -> str:
@@ -51,16 +56,28 @@ def delivery_marker(job_id: int) -> str:
 
 
 def render_status(
-    job: Job, *, position: int | None = None, progress: Progress | None = None, now: float | None = None
+    job: Job,
+    *,
+    position: int | None = None,
+    progress: Progress | None = None,
+    paused: bool = False,
+    now: float | None = None,
 ) -> str:
-    """The status message text for ``job`` (``progress``: the live view of a job being written here)."""
+    """The status message text for ``job`` (``progress``: the live view of a job being written here;
+    ``paused``: its server's moderators paused the queue)."""
     now = time.time() if now is None else now
     head = f"**Blog post #{job.id}** — *{discord.utils.escape_markdown(job.topic)}*"
     if job.state is JobState.QUEUED:
-        where = f"position {position} in the queue" if position else "in the queue"
-        line = f"⏳ {head}\nQueued ({where}). The article will be posted here when it is ready."
-        if job.attempts:
-            line += f"\nLast try failed: {job.error}. Trying again (attempt {job.attempts + 1})."
+        if paused:
+            line = (
+                f"⏸️ {head}\nQueued, but this server's moderators have paused the blog queue: it will be "
+                "written once they resume it."
+            )
+        else:
+            where = f"position {position} in the queue" if position else "in the queue"
+            line = f"⏳ {head}\nQueued ({where}). The article will be posted here when it is ready."
+        if job.attempts and job.error:
+            line += f"\nThe last try stopped: {job.error}. It will go on from there (try {job.attempts + 1})."
         return line
     if job.state is JobState.RUNNING:
         return f"✍️ {head}\n{_running_line(job, progress, now)}"
@@ -75,19 +92,35 @@ def render_status(
         return f"✅ {head}\nDone ({job.word_count} words): the article is {_message_link(job)}."
     if job.state is JobState.FAILED:
         return f"❌ {head}\nFailed: {job.error}"
+    if job.cancelled_by is not None and job.cancelled_by != job.user_id:
+        return f"🚫 {head}\nCancelled by <@{job.cancelled_by}>."
     return f"🚫 {head}\nCancelled."
+
+
+def ending_notice(job: Job) -> str | None:
+    """The one message that tells the requester how their job ended, when the article post does not
+    (it pings them itself) and they did not end it themselves."""
+    topic = discord.utils.escape_markdown(job.topic)
+    if job.state is JobState.FAILED:
+        return f"<@{job.user_id}> your blog post #{job.id} (*{topic}*) could not be written: {job.error}."
+    if job.state is JobState.CANCELLED and job.cancelled_by not in (None, job.user_id):
+        return (
+            f"<@{job.user_id}> your blog post #{job.id} (*{topic}*) was cancelled by <@{job.cancelled_by}>."
+        )
+    return None
 
 
 def _running_line(job: Job, progress: Progress | None, now: float) -> str:
     """What a running job is doing, truthfully: waiting for a server, reading the prompt, or writing."""
     if progress is None:
-        # Another process holds it (or it has just been claimed): what the database knows.
-        since = _duration(max(0.0, now - (job.started_at or now)))
-        return f"Writing with `{job.model}` ({job.progress_words} words so far) · {since} elapsed"
-    elapsed = _duration(time.monotonic() - progress.started_at)
+        # Not being written here: the bot was restarted (or crashed) while writing it. It goes on from its
+        # saved text once its lease runs out.
+        so_far = f" with {job.progress_words} words written" if job.progress_words else ""
+        return f"Interrupted{so_far}; it will go on from where it stopped shortly."
+    elapsed = _duration(progress.elapsed())
     part = f" (part {progress.part})" if progress.part > 1 else ""
     if progress.phase == "waiting":
-        waited = _duration(time.monotonic() - progress.phase_since)
+        waited = _duration(progress.in_phase())
         return f"Waiting for a model server to take `{job.model}`{part} · waiting {waited}"
     words = progress.words
     left = progress.seconds_left()
@@ -119,20 +152,34 @@ class StatusBoard:
 
     ``job_changed`` only records the newest snapshot and wakes the renderer, so the worker never waits on
     Discord. The renderer edits each message at most once per ``interval`` (a final state goes at once).
+    Queue positions and the paused state of every queued job are refreshed whenever the queue moves (at
+    most every :data:`POSITIONS_EVERY` seconds), and every unfinished job's status is shown afresh when the
+    bot starts. A job that fails or is cancelled by someone else gets one message pinging its requester.
     """
 
-    def __init__(self, bot: LLMBot, store: JobStore, interval: float) -> None:
+    def __init__(
+        self,
+        bot: LLMBot,
+        store: JobStore,
+        interval: float,
+        paused_guilds: Callable[[], frozenset[int]] = frozenset,
+    ) -> None:
         self._bot = bot
         self._store = store
         self._interval = interval
+        self._paused_guilds = paused_guilds
         self._latest: dict[int, Job] = {}
         # The live progress of jobs being written in this process (read when their status is shown).
         self._progress: dict[int, Progress] = {}
         self._shown: dict[int, str] = {}
         self._edited_at: dict[int, float] = {}
+        self._states: dict[int, JobState] = {}
         # Status message ids known here but not yet written to the database (see remember_message).
         self._message_ids: dict[int, int] = {}
         self._unsaved: dict[int, int] = {}
+        self._queue_moved = True
+        self._positions_at = 0.0
+        self._paused_seen: frozenset[int] = frozenset()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -154,6 +201,15 @@ class StatusBoard:
             self._progress[job.id] = progress
         else:
             self._progress.pop(job.id, None)
+        if self._states.get(job.id) is not job.state:
+            self._queue_moved = True  # a job joined, left or moved: positions change
+            self._states[job.id] = job.state
+        self._wakeup.set()
+
+    def queue_changed(self) -> None:
+        """Something moved every queued job (a pause, a resume, a bulk cancel): show them afresh."""
+        self._queue_moved = True
+        self._positions_at = 0.0
         self._wakeup.set()
 
     def remember_message(self, job_id: int, message_id: int) -> None:
@@ -165,52 +221,87 @@ class StatusBoard:
         self._wakeup.set()
 
     async def _run(self) -> None:
+        # After a (re)start, every unfinished job's status says where it is now, not where it was.
+        for job in await self._store.active_with_status():
+            self._latest.setdefault(job.id, job)
         while True:
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), POSITIONS_EVERY)
             self._wakeup.clear()
             if self._unsaved:
                 unsaved, self._unsaved = self._unsaved, {}
                 await self._store.set_status_messages(unsaved)
-            positions = (
-                await self._store.queue_positions()
-                if any(job.state is JobState.QUEUED for job in self._latest.values())
-                else {}
-            )
-            loop_time = time.monotonic()
-            next_due: float | None = None
-            for job_id, job in list(self._latest.items()):
-                final = job.state.terminal
-                if not final and loop_time - self._edited_at.get(job_id, 0.0) < self._interval:
-                    due = self._edited_at[job_id] + self._interval
-                    next_due = due if next_due is None else min(next_due, due)
-                    continue
-                del self._latest[job_id]
-                await self._show(job, positions.get(job_id), urgent=final)
-                if final:
-                    self._shown.pop(job_id, None)
-                    self._edited_at.pop(job_id, None)
-                    self._message_ids.pop(job_id, None)
-                    self._progress.pop(job_id, None)
-            if next_due is not None:
-                await asyncio.sleep(max(0.0, next_due - time.monotonic()))
-                self._wakeup.set()
+            await self._render_due()
 
-    async def _show(self, job: Job, position: int | None, *, urgent: bool) -> None:
+    async def _render_due(self) -> None:
+        paused = self._paused_guilds()
+        if paused != self._paused_seen:
+            self._paused_seen, self._queue_moved = paused, True
+        positions: dict[int, int] = {}
+        now = time.monotonic()
+        if self._queue_moved and now - self._positions_at >= POSITIONS_EVERY:
+            self._queue_moved, self._positions_at = False, now
+            positions = await self._store.queue_positions()
+            for job in await self._store.active_with_status():
+                if job.state is JobState.QUEUED:
+                    self._latest.setdefault(job.id, job)
+        elif any(job.state is JobState.QUEUED for job in self._latest.values()):
+            positions = await self._store.queue_positions()
+        next_due: float | None = None
+        for job_id, job in list(self._latest.items()):
+            final = job.state.terminal
+            if not final and now - self._edited_at.get(job_id, 0.0) < self._interval:
+                due = self._edited_at[job_id] + self._interval
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            del self._latest[job_id]
+            await self._show(job, positions.get(job_id), paused=job.guild_id in paused, urgent=final)
+            if final:
+                await self._tell_requester(job)
+                for table in (self._shown, self._edited_at, self._message_ids, self._progress, self._states):
+                    table.pop(job_id, None)
+        if next_due is not None:
+            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+            self._wakeup.set()
+
+    async def _show(self, job: Job, position: int | None, *, paused: bool, urgent: bool) -> None:
         message_id = job.status_message_id or self._message_ids.get(job.id)
         if message_id is None:
             return
-        text = render_status(job, position=position, progress=self._progress.get(job.id))
+        text = render_status(job, position=position, progress=self._progress.get(job.id), paused=paused)
         if self._shown.get(job.id) == text:
             return
         await self._bot.budgets.get(job.channel_id, "edit").acquire(urgent=urgent)
         message = self._bot.get_partial_messageable(job.channel_id).get_partial_message(message_id)
         try:
             await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
-        except discord.HTTPException as exc:
+        except DISCORD_ERRORS as exc:
             # The status message is a courtesy: the job itself is unaffected if it can't be updated.
             log.info("could not update the status of blog job %d: %s", job.id, exc)
         self._shown[job.id] = text
         self._edited_at[job.id] = time.monotonic()
+
+    async def _tell_requester(self, job: Job) -> None:
+        notice = ending_notice(job)
+        if notice is None:
+            return
+        await self._bot.budgets.get(job.channel_id, "create").acquire(urgent=True)
+        channel = self._bot.get_partial_messageable(job.channel_id)
+        message_id = job.status_message_id or self._message_ids.get(job.id)
+        reference = (
+            channel.get_partial_message(message_id).to_reference(fail_if_not_exists=False)
+            if message_id
+            else None
+        )
+        try:
+            await channel.send(
+                notice,
+                reference=reference,  # type: ignore[arg-type]
+                nonce=f"blog-end-{job.id}",  # sent again after a crash, Discord keeps one
+                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            )
+        except DISCORD_ERRORS as exc:
+            log.info("could not tell the requester of blog job %d how it ended: %s", job.id, exc)
 
 
 class Blog(commands.Cog):
@@ -224,7 +315,9 @@ class Blog(commands.Cog):
         self.bot = bot
         self.config = bot.config.blog
         self.store = JobStore(bot.db)
-        self.board = StatusBoard(bot, self.store, self.config.progress_interval)
+        self.board = StatusBoard(
+            bot, self.store, self.config.progress_interval, paused_guilds=bot.settings.paused_guilds
+        )
         self.worker = BlogWorker(
             self.store, bot.pool, self, self.config, paused_guilds=bot.settings.paused_guilds
         )
@@ -355,7 +448,7 @@ class Blog(commands.Cog):
 
         Returns the cancelled job, or None if it had already finished. Callers check who may do this.
         """
-        cancelled = await self.store.cancel(job_id)
+        cancelled = await self.store.cancel(job_id, by=by)
         if cancelled is None:
             return None
         stopped = self.worker.stop_generation(job_id)
@@ -409,17 +502,36 @@ class Blog(commands.Cog):
             message = await channel.send(
                 content, file=file, nonce=delivery_nonce(job.id), allowed_mentions=mentions
             )
-        except discord.Forbidden as exc:
-            await self._tell_requester(job, "I am not allowed to post in that channel any more")
-            raise DeliveryFailed(
-                f"no permission to post in the channel ({exc.text or exc.status})", permanent=True
-            ) from None
+        except discord.Forbidden:
+            why = self._missing_permission(channel)
+            sent = await self._tell_requester(job, why)
+            where = "; it was sent to the requester by DM instead" if sent else ""
+            raise DeliveryFailed(f"{why}{where}", permanent=True) from None
         except discord.NotFound:
             await self._tell_requester(job, "the channel no longer exists")
             raise DeliveryFailed("the channel no longer exists", permanent=True) from None
-        except discord.HTTPException as exc:
-            raise DeliveryFailed(f"Discord error {exc.status}", permanent=exc.status < 500) from None
+        except DISCORD_ERRORS as exc:
+            raise DeliveryFailed(describe_discord_error(exc), permanent=not is_transient(exc)) from None
         return message.id
+
+    def _missing_permission(self, channel: discord.abc.Messageable) -> str:
+        """Which permission kept the article out of the channel, in the words of Discord's settings."""
+        if isinstance(channel, discord.Thread):
+            permissions = channel.permissions_for(channel.guild.me)
+            send = (permissions.send_messages_in_threads, "Send Messages in Threads")
+        elif isinstance(channel, discord.TextChannel):
+            permissions = channel.permissions_for(channel.guild.me)
+            send = (permissions.send_messages, "Send Messages")
+        else:
+            return "I am not allowed to post there any more"
+        for allowed, name in (
+            (permissions.view_channel, "View Channel"),
+            send,
+            (permissions.attach_files, "Attach Files"),
+        ):
+            if not allowed:
+                return f"I lack the {name} permission in that channel"
+        return "I am not allowed to post there any more"
 
     async def _channel(self, job: Job) -> discord.abc.Messageable:
         channel = self.bot.get_channel(job.channel_id)
@@ -430,8 +542,8 @@ class Blog(commands.Cog):
         except (discord.NotFound, discord.Forbidden):
             await self._tell_requester(job, "the channel no longer exists")
             raise DeliveryFailed("the channel no longer exists", permanent=True) from None
-        except discord.HTTPException as exc:
-            raise DeliveryFailed(f"Discord error {exc.status}", permanent=False) from None
+        except DISCORD_ERRORS as exc:
+            raise DeliveryFailed(describe_discord_error(exc), permanent=False) from None
         if not isinstance(fetched, discord.abc.Messageable):
             raise DeliveryFailed("the channel cannot hold messages", permanent=True)
         return fetched
@@ -449,12 +561,13 @@ class Blog(commands.Cog):
                     and any(attachment.filename == f"{job.slug}.md" for attachment in message.attachments)
                 ):
                     return message.id
-        except discord.HTTPException as exc:
+        except DISCORD_ERRORS as exc:
             log.info("could not read history for blog job %d (%s); relying on the nonce", job.id, exc)
         return None
 
-    async def _tell_requester(self, job: Job, reason: str) -> None:
-        """The article can't go where it was asked for: send it to the requester privately instead."""
+    async def _tell_requester(self, job: Job, reason: str) -> bool:
+        """The article can't go where it was asked for: send it to the requester privately instead.
+        True if that worked."""
         assert job.article is not None
         try:
             user = self.bot.get_user(job.user_id) or await self.bot.fetch_user(job.user_id)
@@ -462,8 +575,10 @@ class Blog(commands.Cog):
             await user.send(
                 f"Your blog post #{job.id} could not be posted ({reason}), so here it is.", file=file
             )
-        except discord.HTTPException as exc:
+        except DISCORD_ERRORS as exc:
             log.info("could not send blog job %d to its requester either: %s", job.id, exc)
+            return False
+        return True
 
 
 def _quota_message(exc: QuotaExceeded) -> str:

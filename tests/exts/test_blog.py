@@ -323,3 +323,59 @@ async def test_a_stream_that_breaks_mid_article_continues_from_its_text(
     body = " ".join(post["attachments"][0]["text"].split("---\n", 2)[2].split())
     assert words(160) in body and body.count("w39 ") == 1
     assert final.startswith("✅")
+
+
+async def test_queued_statuses_follow_the_queue_and_say_when_it_is_paused(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=30) as slow:
+        slow.script("mistral:latest", ["word " * 3000] * 3)
+        config = make_config(tmp_path, emulator.url, [slow.url], blog={**FAST_BLOG, "workers": 1})
+        async with running_bot(config):
+            records = []
+            for user in ("alice", "bob", "mod"):
+                invocation = await discord_api.invoke("general", user, "blog new", topic=f"{user}'s post")
+                records.append(await discord_api.answered(invocation["interaction_id"]))
+            third = records[2]
+            await wait_until(lambda: _contains(status_text(discord_api, third), "position 2"), within=10)
+            await discord_api.invoke("general", "alice", "blog cancel", job=1)
+            await wait_until(lambda: _contains(status_text(discord_api, third), "position 1"), within=12)
+            await discord_api.answered(
+                (await discord_api.invoke("general", "mod", "llm pause"))["interaction_id"]
+            )
+            paused = await wait_until(lambda: _contains(status_text(discord_api, third), "paused"), within=12)
+    assert "moderators have paused" in paused
+
+
+async def test_the_requester_is_told_once_when_a_job_fails_or_a_moderator_cancels_it(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    config = make_config(tmp_path, emulator.url, [ollama.url], blog={**FAST_BLOG, "model": "llama9"})
+    async with running_bot(config):
+        failing = await discord_api.invoke("general", "bob", "blog new", topic="no such model")
+        await discord_api.answered(failing["interaction_id"])
+        notice = await wait_until(lambda: _bot_message(discord_api, "could not be written"), within=10)
+    assert notice["content"].startswith(f"<@{discord_api.user('bob')}> your blog post #1")
+    assert "is not available" in notice["content"] and notice["pinged"] == [discord_api.user("bob")]
+
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=20) as slow:
+        slow.script("mistral:latest", ["word " * 3000])
+        async with running_bot(make_config(tmp_path, emulator.url, [slow.url], blog=FAST_BLOG)):
+            job = await discord_api.invoke("general", "alice", "blog new", topic="cancel me")
+            record = await discord_api.answered(job["interaction_id"])
+            await discord_api.answered(
+                (await discord_api.invoke("general", "mod", "blog cancel", job=2))["interaction_id"]
+            )
+            cancelled = await wait_until(lambda: _bot_message(discord_api, "was cancelled by"), within=10)
+            status = await status_text(discord_api, record)
+    assert cancelled["pinged"] == [discord_api.user("alice")]
+    assert f"<@{discord_api.user('mod')}>" in cancelled["content"] and "Cancelled by" in status
+    texts = [m["content"] for m in await discord_api.bot_replies("general")]
+    assert (
+        sum("could not be written" in t for t in texts) == 1
+        and sum("was cancelled by" in t for t in texts) == 1
+    )
+
+
+async def _bot_message(api: EmulatorControl, needle: str) -> dict[str, Any] | None:
+    return next((m for m in await api.bot_replies("general") if needle in m["content"]), None)
