@@ -2,7 +2,8 @@
 
 Settings live in SQLite (only the keys a moderator changed; everything else falls back to the TOML
 config) and in memory, so reading them costs nothing on the hot paths and a change takes effect at once.
-Knows nothing of Discord.
+A change is read, computed and written in one transaction, so two moderators changing the same server at
+once both keep their change. Imports nothing of Discord (audit details are text shown there).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,16 @@ class AuditEntry:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What :meth:`SettingsStore.edit` did."""
+
+    before: GuildSettings
+    after: GuildSettings
+    #: Only the keys whose value differs from before (empty: nothing was written or recorded).
+    changes: dict[str, Any]
+
+
 class SettingsStore:
     """Read and change :class:`GuildSettings`; record moderator actions."""
 
@@ -81,25 +92,71 @@ class SettingsStore:
         """Servers whose blog queue a moderator paused."""
         return frozenset(guild_id for guild_id, settings in self._cache.items() if settings.blog_paused)
 
-    async def update(self, guild_id: int, user_id: int, action: str, **changes: Any) -> GuildSettings:
-        """Change some settings and record who did it, in one transaction."""
-        settings = dataclasses.replace(self.get(guild_id), **changes)
+    async def edit(
+        self,
+        guild_id: int,
+        user_id: int,
+        action: str,
+        compute: Callable[[GuildSettings], dict[str, Any]],
+        *,
+        describe: Callable[[dict[str, Any]], str] | None = None,
+    ) -> Change:
+        """Change settings computed from their stored values, read and written in one transaction, and
+        record who did it (``describe`` words the changes for the audit log).
+
+        Keys that ``compute`` sets to their current value are left out; if none is left, nothing is written
+        or recorded. An exception from ``compute`` rolls everything back.
+        """
         now = self._clock()
         async with self._db.transaction() as connection:
-            await connection.execute(
-                """INSERT INTO guild_settings (guild_id, settings, updated_at) VALUES (?, ?, ?)
-                   ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings,
-                                                        updated_at = excluded.updated_at""",
-                (guild_id, _encode(settings), now),
+            cursor = await connection.execute(
+                "SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)
             )
-            await _record(connection, guild_id, user_id, action, _describe(changes), now)
-        self._cache[guild_id] = settings
-        return settings
+            row = await cursor.fetchone()
+            await cursor.close()
+            before = GuildSettings() if row is None else _decode(row[0])
+            changes = {key: value for key, value in compute(before).items() if getattr(before, key) != value}
+            after = dataclasses.replace(before, **changes)
+            if changes:
+                await connection.execute(
+                    """INSERT INTO guild_settings (guild_id, settings, updated_at) VALUES (?, ?, ?)
+                       ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings,
+                                                            updated_at = excluded.updated_at""",
+                    (guild_id, _encode(after), now),
+                )
+                await _record(connection, guild_id, user_id, action, (describe or _describe)(changes), now)
+        self._cache[guild_id] = after
+        return Change(before, after, changes)
+
+    async def update(
+        self,
+        guild_id: int,
+        user_id: int,
+        action: str,
+        *,
+        describe: Callable[[dict[str, Any]], str] | None = None,
+        **changes: Any,
+    ) -> GuildSettings:
+        """Set some settings and record who did it, in one transaction (see :meth:`edit`)."""
+        return (await self.edit(guild_id, user_id, action, lambda _: changes, describe=describe)).after
 
     async def record(self, guild_id: int, user_id: int, action: str, details: str) -> None:
         """Record a moderator action that changes no setting (e.g. cancelling a job)."""
         async with self._db.transaction() as connection:
             await _record(connection, guild_id, user_id, action, details, self._clock())
+
+    async def record_cancels(
+        self, guild_id: int | None, user_id: int, jobs: Iterable[tuple[int, int]], *, via: str
+    ) -> None:
+        """Record a moderator's cancelling of blog jobs, given as (job id, requester id): one entry per job,
+        in one transaction (nothing outside a server)."""
+        entries = [f"job #{job_id} of <@{requester}> (via {via})" for job_id, requester in jobs]
+        if guild_id is None or not entries:
+            return
+        now = self._clock()
+        async with self._db.transaction() as connection:
+            for details in entries:
+                await _record(connection, guild_id, user_id, "cancel", details, now)
 
     async def audit_log(self, guild_id: int, limit: int = 20) -> list[AuditEntry]:
         """The server's most recent moderator actions, newest first."""
@@ -136,4 +193,15 @@ def _decode(text: str) -> GuildSettings:
 
 
 def _describe(changes: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value!r}" for key, value in sorted(changes.items())) or "-"
+    """Plain words for changes, when the caller gives none: ``chat_enabled: off, chat_channels: 5, 6``."""
+    return ", ".join(f"{key}: {_word(value)}" for key, value in sorted(changes.items())) or "-"
+
+
+def _word(value: Any) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -441,6 +441,10 @@ class Blog(commands.Cog):
                 f"Blog post #{found.id} has already finished ({found.state}).", ephemeral=True
             )
             return
+        if found.user_id != interaction.user.id:  # a moderator's: recorded, like /llm cancel
+            await self.bot.settings.record_cancels(
+                found.guild_id, interaction.user.id, [(found.id, found.user_id)], via="/blog cancel"
+            )
         await interaction.response.send_message(f"Blog post #{found.id} is cancelled.", ephemeral=True)
 
     async def cancel_job(self, job_id: int, *, by: int) -> Job | None:

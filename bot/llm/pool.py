@@ -141,6 +141,8 @@ class BackendStatus:
     recent_errors: tuple[str, ...]
     version: str | None
     context_tokens: int | None = None
+    #: Seconds since the last of ``recent_errors``, when there is one.
+    last_error_age: float | None = None
 
 
 def normalise_model(name: str) -> str:
@@ -311,6 +313,7 @@ class BackendPool:
                 recent_errors=tuple(message for _, message in state.errors),
                 version=state.version,
                 context_tokens=state.config.context_tokens or state.announced_context,
+                last_error_age=self._clock() - state.errors[-1][0] if state.errors else None,
             )
             for state in self._states
         ]

@@ -19,7 +19,7 @@ FAST_BLOG = {"retry_base_seconds": 0.05, "progress_interval": 0.3, "lease_second
 EPHEMERAL = 64
 
 
-async def run_command(api: EmulatorControl, user: str, command: str, **options: Any) -> str:
+async def run_command(api: EmulatorControl, user: str, command: str, /, **options: Any) -> str:
     """Invoke a slash command (through an admin override, as if the member could see it); the answer."""
     invocation = await api.invoke("general", user, command, bypass_permissions=True, **options)
     record = await api.answered(invocation["interaction_id"])
@@ -70,7 +70,7 @@ async def test_moderators_can_and_members_cannot(
             denied = await run_command(discord_api, "alice", command, **options)
             assert "don't have permission" in denied, (command, denied)
         audit = await run_command(discord_api, "mod", "llm audit")
-    for action in ("pause", "resume", "config set", "chat channels"):
+    for action in ("pause", "resume", "config set"):  # "all" on no list changed nothing
         assert action in audit
     assert f"<@{discord_api.user('mod')}>" in audit
 
@@ -101,11 +101,11 @@ async def test_settings_apply_at_once_and_survive_a_restart(
         assert await _reply_to(discord_api, "general", ignored["id"]) is None
         # The blog model a moderator picks is the one the next job uses.
         saved = await run_command(discord_api, "mod", "llm config set", blog_model="llama2")
-        assert "blog_model = 'llama2'" in saved
+        assert "blog model: `llama2`" in saved
+        before = len(ollama.requests)
         await discord_api.invoke("general", "bob", "blog new", topic="which model")
         await wait_until(lambda: _article(discord_api))
-        generate = [r for r in ollama.requests if r["path"] == "/api/generate"]
-        assert [r["body"]["model"] for r in generate] == ["llama2"]
+        assert {r["model"] or r["body"]["model"] for r in ollama.requests[before:]} == {"llama2"}
         refused_model = await run_command(discord_api, "mod", "llm config set", chat_model="gpt-9")
         assert "not on any backend" in refused_model
         await runner.restart()
@@ -153,7 +153,7 @@ url = "{ollama.url}"
     config.write_text(config.read_text() + '[blog]\nmodel = "mixtral:8x7b"\n')
     missing = await _run("doctor", "--config", str(config))
     assert missing.returncode == 1
-    assert "FAIL  blog model: mixtral:8x7b is missing: run `ollama pull mixtral:8x7b`" in missing.stdout
+    assert "FAIL  blog model: mixtral:8x7b is not served: run `ollama pull mixtral:8x7b`" in missing.stdout
     assert TOKEN not in missing.stdout + missing.stderr
     assert not (await discord_api.refresh())["commands"]
     synced = await _run("sync", "--config", str(config))
@@ -197,3 +197,235 @@ async def _article(api: EmulatorControl) -> bool:
     return any(
         a["filename"].endswith(".md") for m in await api.bot_replies("general") for a in m["attachments"]
     )
+
+
+# -- issue 12: what a careful moderator expects -------------------------------------------------------
+
+
+async def run_deferred(api: EmulatorControl, user: str, command: str, /, **options: Any) -> str:
+    """Invoke a command whose answer may come after a deferral; the answer's final text."""
+    invocation = await api.invoke("general", user, command, bypass_permissions=True, **options)
+    record = await api.answered(invocation["interaction_id"])
+    assert record["callbacks"][0]["data"].get("flags", 0) & EPHEMERAL, f"/{command} answered publicly"
+
+    async def final() -> str | None:
+        original = (await api.interaction(invocation["interaction_id"]))["original"]
+        return str(original["content"]) if original and original["content"] else None
+
+    return await wait_until(final)
+
+
+async def queue_posts(api: EmulatorControl, user: str, *topics: str) -> None:
+    for topic in topics:
+        invocation = await api.invoke("general", user, "blog new", topic=topic)
+        answer = (await api.answered(invocation["interaction_id"]))["callbacks"][0]["data"]["content"]
+        assert "Blog post #" in answer, answer
+
+
+async def test_cancels_by_moderators_are_in_the_audit_log(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url], blog=FAST_BLOG)):
+        await run_command(discord_api, "mod", "llm pause")
+        await queue_posts(discord_api, "alice", "first post", "second post", "third post")
+        assert "#1 is cancelled" in await run_command(discord_api, "mod", "llm cancel", job=1)
+        by_mod = await run_command(discord_api, "mod", "blog cancel", job=2)
+        assert "#2 is cancelled" in by_mod
+        own = await run_command(discord_api, "alice", "blog cancel", job=3)
+        assert "#3 is cancelled" in own
+        audit = await run_command(discord_api, "mod", "llm audit")
+    alice, mod = discord_api.user("alice"), discord_api.user("mod")
+    assert f"<@{mod}> **cancel** job #1 of <@{alice}> (via /llm cancel)" in audit, audit
+    assert f"<@{mod}> **cancel** job #2 of <@{alice}> (via /blog cancel)" in audit, audit
+    assert "job #3" not in audit, "a member cancelling her own post is no moderator action"
+
+
+async def test_queue_shows_whole_lines_and_how_many_more(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    blog = {**FAST_BLOG, "max_queued_per_user": 30, "max_queued_per_guild": 60}
+    topics = {
+        number: f"post number {number:02d} about a long and winding road trip!" for number in range(1, 26)
+    }
+    assert all(len(topic) == 50 for topic in topics.values())
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url], blog=blog)):
+        await run_command(discord_api, "mod", "llm pause")
+        await queue_posts(discord_api, "bob", *topics.values())
+        queue = await run_command(discord_api, "mod", "llm queue")
+    assert len(queue) <= 2000
+    *lines, last = queue.split("\n")
+    assert last.startswith("… and ") and last.endswith(" more"), last
+    assert len(lines) + int(last.split()[2]) == 25
+    for position, line in enumerate(lines, start=1):
+        number = int(line.split("`")[1].lstrip("#"))
+        assert f"#{position} in line" in line and line.endswith(topics[number]), line
+
+
+async def test_channel_rules_answer_what_really_happened(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    general, blog = discord_api.channel("general"), discord_api.channel("blog")
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url], blog=FAST_BLOG)):
+
+        async def rule(action: str, channel: str | None = None) -> str:
+            options = {"feature": "chat", "action": action}
+            return await run_command(
+                discord_api,
+                "mod",
+                "llm config channel",
+                **options,
+                **({"channel": channel} if channel else {}),
+            )
+
+        nothing = await rule("remove", general)
+        assert "Nothing to remove" in nothing and "already allowed in every channel" in nothing, nothing
+        assert "Nothing changed" in await rule("all")
+        assert await run_command(discord_api, "mod", "llm audit") == "No moderator actions yet."
+        assert f"now allowed only in <#{general}> (before: every channel)" in await rule("allow", general)
+        assert "already on the list" in await rule("allow", general)
+        not_listed = await rule("remove", blog)
+        assert f"<#{blog}> is not on the list; chat is allowed in <#{general}>" in not_listed, not_listed
+        last = await rule("remove", general)
+        assert f"<#{general}> was the last channel on the list" in last and "every channel" in last, last
+        audit = await run_command(discord_api, "mod", "llm audit")
+    assert audit.count("**chat channels**") == 2, audit
+
+
+async def test_replies_and_audit_speak_in_words(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    blog = discord_api.channel("blog")
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url], blog=FAST_BLOG)):
+        chosen = await run_command(discord_api, "mod", "llm config set", chat_model="mistral:latest")
+        assert chosen == "Saved: chat model: `mistral:latest`.", chosen
+        reset = await run_command(discord_api, "mod", "llm config set", chat_model="default")
+        assert reset == "Saved: chat model: back to the default (`llama2`).", reset
+        off = await run_command(
+            discord_api, "mod", "llm config set", chat_enabled=False, cooldown_seconds=2.5
+        )
+        assert off == "Saved: chat: off; cooldown: 2.5 s per member.", off
+        again = await run_command(discord_api, "mod", "llm config set", chat_enabled=False)
+        assert again == "Nothing changed. Already so: chat: off.", again
+        await run_command(
+            discord_api, "mod", "llm config channel", feature="blog", action="allow", channel=blog
+        )
+        await run_command(discord_api, "mod", "llm pause")
+        assert "already paused" in await run_command(discord_api, "mod", "llm pause")
+        audit = await run_command(discord_api, "mod", "llm audit")
+    for words in (
+        "**config set** chat model: `mistral:latest`",
+        "**config set** chat model: back to the default (`llama2`)",
+        "**config set** chat: off; cooldown: 2.5 s per member",
+        f"**blog channels** blog channels: <#{blog}>",
+        "**pause** blog queue: paused",
+    ):
+        assert words in audit, (words, audit)
+    for python in ("None", "True", "False", "=", "'", "(1", ",)"):
+        assert python not in audit, (python, audit)
+    assert audit.count("**pause**") == 1 and audit.count("**config set**") == 3
+
+
+async def test_cooldown_and_quota_go_back_to_the_defaults(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    def line(view: str, name: str) -> str:
+        return next(row for row in view.splitlines() if row.startswith(f"**{name}**"))
+
+    config = make_config(tmp_path, emulator.url, [ollama.url], blog=FAST_BLOG, chat={"cooldown_seconds": 4.0})
+    async with running_bot(config) as runner:
+        view = await run_command(discord_api, "mod", "llm config view")
+        assert line(view, "cooldown") == "**cooldown**: 4 s per member (default)"
+        assert line(view, "blog quota") == "**blog quota**: 3 queued posts per member (default)"
+        assert line(view, "chat model") == "**chat model**: `llama2` (default)"
+        await run_command(discord_api, "mod", "llm config set", cooldown_seconds=10, blog_quota=7)
+        view = await run_command(discord_api, "mod", "llm config view")
+        assert line(view, "cooldown") == "**cooldown**: 10 s per member"
+        assert line(view, "blog quota") == "**blog quota**: 7 queued posts per member"
+        reset = await run_command(discord_api, "mod", "llm config set", cooldown_seconds=-1, blog_quota=-1)
+        assert reset == (
+            "Saved: cooldown: back to the default (4 s per member); "
+            "blog quota: back to the default (3 queued posts per member)."
+        ), reset
+        view = await run_command(discord_api, "mod", "llm config view")
+        assert line(view, "cooldown") == "**cooldown**: 4 s per member (default)"
+        assert line(view, "blog quota") == "**blog quota**: 3 queued posts per member (default)"
+        assert runner.bot is not None
+        guild = int(discord_api.state["guild_id"])
+        settings = runner.bot.settings.get(guild)
+        assert settings.cooldown_seconds is None and settings.blog_quota is None
+        refused = await run_command(discord_api, "mod", "llm config set", blog_quota=0)
+        assert "-1 for the default" in refused
+
+
+async def test_status_shows_an_error_while_down_or_recent_only(
+    tmp_path: Path, emulator: DiscordEmulator, ollama: FakeOllamaServer, discord_api: EmulatorControl
+) -> None:
+    async def status() -> str:
+        return await run_command(discord_api, "mod", "llm status")
+
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url], blog=FAST_BLOG)) as runner:
+        ollama.add_fault({"kind": "status", "status": 400, "count": 1})
+        asked = await discord_api.mention("general", "alice", "hello?")
+        await wait_until(lambda: _reply_to(discord_api, "general", asked["id"]))
+        recent = await status()
+        assert "healthy" in recent and "last error" in recent, recent
+        assert runner.bot is not None
+        moderation: Any = runner.bot.get_cog("Moderation")
+        moderation.recent_error_seconds = 0.3
+        # Healthy again and the error is old: it is no longer shown.
+        await wait_until(lambda: _without(status, "last error"))
+        await ollama.stop()
+        asked = await discord_api.mention("general", "alice", "still there?")
+        await wait_until(lambda: _reply_to(discord_api, "general", asked["id"]))
+        down = await wait_until(lambda: _with(status, "DOWN"))
+        await asyncio.sleep(0.4)  # older than recent_error_seconds: shown all the same while down
+        down = await status()
+    assert "DOWN" in down and "last error (" in down, down
+
+
+async def _with(probe: Any, text: str) -> str | None:
+    answer: str = await probe()
+    return answer if text in answer else None
+
+
+async def _without(probe: Any, text: str) -> str | None:
+    answer: str = await probe()
+    return answer if text not in answer else None
+
+
+async def test_bulk_cancel_of_queued_jobs(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=20) as slow:
+        slow.script("mistral:latest", ["word " * 2000])
+        config = make_config(tmp_path, emulator.url, [slow.url], blog={**FAST_BLOG, "workers": 1})
+        async with running_bot(config) as runner:
+            await queue_posts(discord_api, "alice", "alice writes first")
+            await wait_until(lambda: _true(any(r["first_token_at"] for r in slow.requests)))
+            await queue_posts(discord_api, "bob", "bob one", "bob two", "bob three")
+            await queue_posts(discord_api, "alice", "alice again")
+            guidance = await run_command(discord_api, "mod", "llm cancel")
+            assert "Give one of" in guidance
+            both = await run_command(discord_api, "mod", "llm cancel", job=2, all_queued=True)
+            assert "Give one of" in both
+            bob = discord_api.user("bob")
+            by_user = await run_deferred(discord_api, "mod", "llm cancel", user=bob)
+            assert by_user == f"Cancelled 3 queued jobs of <@{bob}>: #2, #3, #4.", by_user
+            rest = await run_deferred(discord_api, "mod", "llm cancel", all_queued=True)
+            assert rest.startswith("Cancelled 1 queued job in this server: #5."), rest
+            assert "Not queued, so left alone: #1" in rest, rest
+            none_left = await run_deferred(discord_api, "mod", "llm cancel", user=bob)
+            assert "no queued jobs" in none_left and "nothing was cancelled" in none_left
+            audit = await run_command(discord_api, "mod", "llm audit")
+            assert runner.bot is not None
+            blog: Any = runner.bot.get_cog("Blog")
+            states = {job: (await blog.store.get(job)).state for job in range(1, 6)}
+            assert not any(r["disconnected"] for r in slow.requests), "the running job was left alone"
+    assert states == {1: "running", 2: "cancelled", 3: "cancelled", 4: "cancelled", 5: "cancelled"}
+    for job in (2, 3, 4):
+        assert f"job #{job} of <@{bob}> (via /llm cancel)" in audit, audit
+    assert f"job #5 of <@{discord_api.user('alice')}>" in audit and "job #1 " not in audit
+
+
+async def _true(value: bool) -> bool:
+    return value
