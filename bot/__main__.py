@@ -22,6 +22,7 @@ from bot.doctor import run_checks
 from bot.errors import StartupError
 from bot.llm.pool import BackendPool
 from bot.log import setup_logging
+from bot.supervise import Supervisor
 
 log = logging.getLogger("bot")
 
@@ -70,8 +71,16 @@ async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIter
     async with (
         Database(config.database.path) as db,
         httpx.AsyncClient(limits=limits) as http_client,
-        BackendPool(config.backends, http_client) as pool,
-        LLMBot(config, http_client=http_client, pool=pool, db=db, background_work=background_work) as bot,
+        Supervisor() as supervisor,
+        BackendPool(config.backends, http_client, supervisor=supervisor) as pool,
+        LLMBot(
+            config,
+            http_client=http_client,
+            pool=pool,
+            db=db,
+            background_work=background_work,
+            supervisor=supervisor,
+        ) as bot,
     ):
         yield bot
 

@@ -19,6 +19,7 @@ from bot.db import Database
 from bot.llm.pool import BackendPool
 from bot.ratelimit import ChannelBudgets
 from bot.settings import SettingsStore
+from bot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class LLMBot(commands.Bot):
         pool: BackendPool,
         db: Database,
         background_work: bool = True,
+        supervisor: Supervisor | None = None,
     ) -> None:
         intents = discord.Intents.default()
         # Reading the text of a mention needs the privileged Message Content intent (developer portal → Bot).
@@ -55,6 +57,8 @@ class LLMBot(commands.Bot):
         self.db = db
         #: False for one-off commands (``python -m bot sync``): cogs then start no workers.
         self.background_work = background_work
+        #: Runs every long-lived loop (worker slots, status board, health checks) and knows their health.
+        self.supervisor = supervisor or Supervisor()
         self.settings = SettingsStore(db)
         #: ``time.monotonic()`` at construction, for uptime in /llm status.
         self.started_at = time.monotonic()

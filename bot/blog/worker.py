@@ -21,13 +21,13 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import random
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.backoff import backoff
 from bot.blog.article import build_prompt, clean_article, count_words, make_article, num_predict_for
 from bot.blog.store import Article, Job, JobState, JobStore, replace
 from bot.config import BlogConfig
@@ -45,6 +45,7 @@ from bot.llm import (
     Timeouts,
 )
 from bot.llm.pool import BackendPool, PooledStream, Priority
+from bot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +212,17 @@ class BlogWorker:
         *,
         paused_guilds: Callable[[], frozenset[int]] = frozenset,
         clock: Callable[[], float] = time.time,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._store = store
+        self._supervisor = supervisor or Supervisor()
         self._pool = pool
         self._delivery = delivery
         self._config = config
         self._paused_guilds = paused_guilds
         self._clock = clock
         self._wakeup = asyncio.Event()
-        self._slots: list[asyncio.Task[None]] = []
+        self._slots: list[str] = []
         self._generations: dict[int, asyncio.Task[Draft]] = {}
         #: Live progress of the jobs this process is generating, by job id.
         self.progress: dict[int, Progress] = {}
@@ -229,18 +232,15 @@ class BlogWorker:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the job slots (idempotent)."""
+        """Start the job slots, each a supervised loop (idempotent)."""
         if not self._slots:
-            self._slots = [
-                asyncio.create_task(self._run_slot(), name=f"blog-worker-{n}")
-                for n in range(self._config.workers)
-            ]
+            self._slots = [f"blog-worker-{n}" for n in range(1, self._config.workers + 1)]
+            for name in self._slots:
+                self._supervisor.start(name, self._run_slot)
 
     async def stop(self) -> None:
         """Stop taking jobs; jobs being generated go back to the queue without losing an attempt."""
-        for task in self._slots:
-            task.cancel()
-        await asyncio.gather(*self._slots, return_exceptions=True)
+        await self._supervisor.stop(*self._slots)
         self._slots = []
 
     def notify(self) -> None:
@@ -566,8 +566,7 @@ def join_continuation(before: str, after: str) -> str:
 
 def retry_delay(attempt: int, base: float) -> float:
     """Exponential backoff with ±10 % jitter: base, 2·base, 4·base, … (capped at an hour)."""
-    delay = min(3600.0, base * 2.0 ** (attempt - 1))
-    return delay * random.uniform(0.9, 1.1)
+    return backoff(attempt, base=base, cap=3600.0)
 
 
 def describe_model_error(error: LLMError, model: str) -> str:

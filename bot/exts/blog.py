@@ -32,6 +32,7 @@ from bot.blog.article import (
 from bot.blog.store import BlogRequest, Job, JobState, JobStore, QuotaExceeded, Quotas
 from bot.blog.worker import BlogWorker, DeliveryFailed, Progress
 from bot.errors import DISCORD_ERRORS, describe_discord_error, is_transient
+from bot.supervise import Supervisor
 
 if TYPE_CHECKING:
     from bot.bot import LLMBot
@@ -43,6 +44,8 @@ RECOVERY_HISTORY_LIMIT = 100
 #: Queue positions (and paused notices) are refreshed at most this often, and at least this often
 #: while jobs are queued.
 POSITIONS_EVERY = 5.0
+#: The supervised loop that edits status messages.
+BOARD_LOOP = "blog-status-board"
 
 
 def delivery_nonce(job_id: int) -> str:
@@ -163,8 +166,10 @@ class StatusBoard:
         store: JobStore,
         interval: float,
         paused_guilds: Callable[[], frozenset[int]] = frozenset,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._bot = bot
+        self._supervisor = supervisor or Supervisor()
         self._store = store
         self._interval = interval
         self._paused_guilds = paused_guilds
@@ -181,16 +186,12 @@ class StatusBoard:
         self._positions_at = 0.0
         self._paused_seen: frozenset[int] = frozenset()
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="blog-status-board")
+        self._supervisor.start(BOARD_LOOP, self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._supervisor.stop(BOARD_LOOP)
         if self._unsaved:
             await self._store.set_status_messages(self._unsaved)
             self._unsaved = {}
@@ -316,10 +317,19 @@ class Blog(commands.Cog):
         self.config = bot.config.blog
         self.store = JobStore(bot.db)
         self.board = StatusBoard(
-            bot, self.store, self.config.progress_interval, paused_guilds=bot.settings.paused_guilds
+            bot,
+            self.store,
+            self.config.progress_interval,
+            paused_guilds=bot.settings.paused_guilds,
+            supervisor=bot.supervisor,
         )
         self.worker = BlogWorker(
-            self.store, bot.pool, self, self.config, paused_guilds=bot.settings.paused_guilds
+            self.store,
+            bot.pool,
+            self,
+            self.config,
+            paused_guilds=bot.settings.paused_guilds,
+            supervisor=bot.supervisor,
         )
 
     async def cog_load(self) -> None:

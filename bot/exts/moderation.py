@@ -23,6 +23,7 @@ from bot import __version__
 from bot.blog.store import Job, JobState
 from bot.llm.pool import BackendStatus
 from bot.settings import MAX_CHANNELS, MAX_SYSTEM_PROMPT, GuildSettings
+from bot.supervise import LoopHealth
 
 if TYPE_CHECKING:
     from bot.bot import LLMBot
@@ -51,6 +52,19 @@ def _models_line(backend: BackendStatus) -> str:
     label = "loaded" if backend.kind == "ollama" else "serving"
     context = f" · context {backend.context_tokens} tokens" if backend.context_tokens else ""
     return f"{label}: {models}{context}"
+
+
+def _loop_lines(loops: Sequence[LoopHealth]) -> list[str]:
+    """The background loops: one line when all run, else one line per loop in trouble."""
+    trouble = [loop for loop in loops if loop.failing or not loop.running]
+    if not trouble:
+        return [f"background loops: all {len(loops)} running"]
+    lines = []
+    for loop in trouble:
+        state = "FAILING" if loop.failing else "restarting" if loop.restarts else "stopped"
+        error = f": {loop.last_error[:70]}" if loop.last_error else ""
+        lines.append(f"{loop.name:<16} {state} (restarted {loop.restarts}×){error}")
+    return lines
 
 
 def _short_model(name: str) -> str:
@@ -158,6 +172,7 @@ class Moderation(commands.Cog):
             age = backend.last_error_age
             if age is not None and (not backend.healthy or age <= self.recent_error_seconds):
                 lines.append(f"{'':<16} last error ({_age(age)} ago): {backend.recent_errors[-1][:80]}")
+        lines.extend(_loop_lines(self.bot.supervisor.health()))
         counts = await self._blog.store.count_by_state(guild_id)
         settings = self.bot.settings.get(guild_id)
         lines.append(

@@ -55,7 +55,8 @@ class HTTPBackendClient:
                 raise BackendUnavailable(
                     f"cannot connect to {self.name} (timed out)", backend=self.name
                 ) from exc
-            except httpx.TransportError as exc:
+            except (httpx.HTTPError, httpx.StreamError) as exc:
+                # Transport errors, and the rarer protocol/decoding ones: none may escape the LLM layer.
                 raise BackendUnavailable(
                     f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
                 ) from exc
@@ -65,7 +66,7 @@ class HTTPBackendClient:
     async def _get_json(self, path: str) -> dict[str, Any]:
         try:
             response = await self._http.get(self.base_url + path, timeout=self._request_timeout)
-        except httpx.TransportError as exc:
+        except (httpx.HTTPError, httpx.StreamError) as exc:
             raise BackendUnavailable(
                 f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name
             ) from exc

@@ -163,6 +163,11 @@ class TextStream:
                     error = await self._wire.error_for(response)
             except TimeoutError:
                 raise self._timeout(deadline, "idle") from None
+            except (httpx.HTTPError, httpx.StreamError) as exc:
+                # The connection broke while the error body was read: the status still says what it was.
+                raise self._broken(
+                    f"HTTP {response.status_code}, then the connection broke ({type(exc).__name__})"
+                ) from exc
             finally:
                 await response.aclose()
             raise error
@@ -186,7 +191,7 @@ class TextStream:
                     chunk = await anext(chunks, None)
             except TimeoutError:
                 raise self._timeout(deadline, phase) from None
-            except httpx.TransportError as exc:
+            except (httpx.HTTPError, httpx.StreamError) as exc:
                 raise self._broken(f"connection lost mid-reply ({type(exc).__name__})") from exc
             if chunk is None:
                 break

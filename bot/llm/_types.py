@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Literal
+
+from bot.backoff import backoff
 
 Role = Literal["system", "user", "assistant"]
 
@@ -80,8 +81,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, jittered."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+        return backoff(attempt, base=self.base_delay, cap=self.max_delay, jitter=0.25)
 
 
 NO_RETRY = RetryPolicy(attempts=1)

@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from bot.backoff import backoff
 from bot.config import BackendConfig
 from bot.llm._errors import (
     BackendBusy,
@@ -52,8 +53,12 @@ from bot.llm._openai import OpenAIClient
 from bot.llm._stream import TextStream
 from bot.llm._types import NO_RETRY, ChatMessage, GenerationStats, RetryPolicy, Timeouts
 from bot.llm.budget import TokenEstimator, fit_messages
+from bot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
+
+#: The supervised loop that checks backends.
+HEALTH_LOOP = "backend-health"
 
 
 class Priority(enum.IntEnum):
@@ -184,6 +189,7 @@ class BackendPool:
         affinity_max_wait: float = 30.0,
         fifo: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        supervisor: Supervisor | None = None,
     ) -> None:
         """``fifo=True`` serves strictly by arrival (no priority, no model affinity): the baseline that
         ``bench/backends.py`` compares against, not a setting for real use. ``health_interval`` overrides
@@ -197,7 +203,7 @@ class BackendPool:
         self._fifo = fifo
         self._waiters: list[tuple[int, int, _Waiter]] = []
         self._order = itertools.count()
-        self._health_task: asyncio.Task[None] | None = None
+        self._supervisor = supervisor or Supervisor()
         self._health_wakeup = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -205,15 +211,11 @@ class BackendPool:
     async def start(self) -> None:
         """Check every backend once, then keep checking in the background."""
         await asyncio.gather(*(self._probe(state) for state in self._states))
-        self._health_task = asyncio.create_task(self._health_loop(), name="backend-health")
+        self._supervisor.start(HEALTH_LOOP, self._health_loop)
 
     async def close(self) -> None:
         """Stop the health checks and fail whoever is still waiting for a slot."""
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
-            self._health_task = None
+        await self._supervisor.stop(HEALTH_LOOP)
         for _, _, waiter in self._waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(BackendUnavailable("the bot is shutting down"))
@@ -586,7 +588,7 @@ class BackendPool:
 
     def _mark_down(self, state: BackendState, reason: str) -> None:
         state.consecutive_failures += 1
-        delay = min(self._max_probe_backoff, 0.5 * 2 ** (state.consecutive_failures - 1))
+        delay = backoff(state.consecutive_failures, base=0.5, cap=self._max_probe_backoff)
         state.next_probe_at = self._clock() + delay
         if state.healthy:
             log.warning("backend %s is down (%s); probing again in %.1fs", state.name, reason, delay)

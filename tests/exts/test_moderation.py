@@ -127,7 +127,8 @@ async def test_pause_holds_jobs_and_resume_releases_them(
         assert "#1 in line" in queue
         status = await run_command(discord_api, "mod", "llm status")
         assert "PAUSED" in status and "1 queued" in status
-        assert not [r for r in ollama.requests if r["path"] == "/api/generate"]
+        assert "background loops: all 4 running" in status  # health checks, status board, 2 workers
+        assert not [r for r in ollama.requests if r["path"] in ("/api/chat", "/api/generate")]
         await run_command(discord_api, "mod", "llm resume")
         await wait_until(lambda: _article(discord_api))
         cancelled = await run_command(discord_api, "mod", "llm cancel", job=1)
