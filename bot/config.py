@@ -53,6 +53,10 @@ class DatabaseConfig:
     """The SQLite database holding the blog queue and per-server settings."""
 
     path: str = "bot.sqlite3"
+    # Finished blog jobs (their articles included: the posts stay on Discord) are deleted after this many
+    # days; moderators' audit entries after keep_audit_days. 0 keeps them forever.
+    keep_finished_jobs_days: float = field(default=30.0, metadata=_range(0.0, 36500.0))
+    keep_audit_days: float = field(default=180.0, metadata=_range(0.0, 36500.0))
 
 
 @dataclass(frozen=True)

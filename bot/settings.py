@@ -158,6 +158,13 @@ class SettingsStore:
             for details in entries:
                 await _record(connection, guild_id, user_id, "cancel", details, now)
 
+    async def prune_audit(self, older_than_days: float) -> int:
+        """Delete audit entries older than ``older_than_days``; how many went."""
+        cutoff = self._clock() - older_than_days * 86400
+        async with self._db.transaction() as connection:
+            cursor = await connection.execute("DELETE FROM audit_log WHERE at < ?", (cutoff,))
+            return cursor.rowcount
+
     async def audit_log(self, guild_id: int, limit: int = 20) -> list[AuditEntry]:
         """The server's most recent moderator actions, newest first."""
         rows = await self._db.fetch_all(

@@ -285,7 +285,7 @@ class JobStore:
         return await self._update_held(
             job,
             """state = 'delivered', delivered_message_id = ?, lease_token = NULL, lease_until = NULL,
-               error = NULL, finished_at = ?, updated_at = ?""",
+               error = NULL, draft = NULL, finished_at = ?, updated_at = ?""",
             (message_id, now, now),
             expected_state=JobState.GENERATED,
         )
@@ -331,6 +331,17 @@ class JobStore:
         now = self._clock()
         return await self._update_held(job, "lease_until = ?, updated_at = ?", (now + lease_seconds, now))
 
+    async def prune_finished(self, older_than_days: float) -> int:
+        """Delete jobs that finished more than ``older_than_days`` ago; how many went."""
+        cutoff = self._clock() - older_than_days * 86400
+        async with self._db.transaction() as connection:
+            cursor = await connection.execute(
+                """DELETE FROM jobs
+                   WHERE state IN ('delivered', 'failed', 'cancelled') AND finished_at < ?""",
+                (cutoff,),
+            )
+            return cursor.rowcount
+
     async def active_with_status(self) -> list[Job]:
         """Unfinished jobs that have a status message, oldest first (to refresh them after a restart)."""
         rows = await self._db.fetch_all(
@@ -344,8 +355,8 @@ class JobStore:
         now = self._clock()
         return await self._update_held(
             job,
-            """state = 'failed', error = ?, lease_token = NULL, lease_until = NULL, finished_at = ?,
-               updated_at = ?""",
+            """state = 'failed', error = ?, draft = NULL, lease_token = NULL, lease_until = NULL,
+               finished_at = ?, updated_at = ?""",
             (error, now, now),
         )
 
@@ -354,7 +365,7 @@ class JobStore:
         now = self._clock()
         async with self._db.transaction() as connection:
             cursor = await connection.execute(
-                """UPDATE jobs SET state = 'cancelled', lease_token = NULL, lease_until = NULL,
+                """UPDATE jobs SET state = 'cancelled', lease_token = NULL, lease_until = NULL, draft = NULL,
                                    cancelled_by = ?, finished_at = ?, updated_at = ?
                    WHERE id = ? AND state IN ('queued', 'running', 'generated') RETURNING *""",
                 (by, now, now, job_id),

@@ -399,6 +399,7 @@ class BlogWorker:
                 timeouts=timeouts,
                 min_reply_tokens=min(budget, 256),
             )
+            stream.on_waiting = lambda: progress.enter("waiting")
             stream.on_started = lambda: progress.enter("reading")
             progress.backend_rate = self._pool.tokens_per_second(job.model)
             progress.current = stream

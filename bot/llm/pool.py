@@ -493,6 +493,8 @@ class BackendPool:
             # left, the tried ones are better than nothing.
             untried = frozenset(tried | missing)
             exclude = untried if self._candidates(model, untried) else frozenset(missing)
+            if call.on_waiting is not None:
+                call.on_waiting()
             state = await self.acquire(
                 model, priority, exclude=exclude, max_wait=call.slot_timeout, call=call
             )
@@ -670,7 +672,8 @@ class PooledStream:
         self.started_at: float | None = None
         #: The stream of the current attempt.
         self.stream: TextStream | None = None
-        #: Called when a backend's slot is granted (the request is about to be sent).
+        #: Called when the call starts waiting for a slot, and when one is granted (the request is sent).
+        self.on_waiting: Callable[[], None] | None = None
         self.on_started: Callable[[], None] | None = None
         #: The pool's entry for this call while it waits for a slot (for :meth:`BackendPool.position`).
         self.waiter: _Waiter | None = None

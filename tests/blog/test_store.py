@@ -237,3 +237,31 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="newer than this bot knows"):
         async with Database(path):
             pass
+
+
+async def test_the_text_so_far_is_kept_across_attempts_and_dropped_when_the_job_ends(
+    store: JobStore,
+) -> None:
+    await store.enqueue(request(), QUOTAS)
+    job = await store.claim(LEASE)
+    assert job is not None and await store.heartbeat(job, LEASE, 120, draft="the first part")
+    assert await store.retry_later(job, "the model server stopped", 0.0, draft="the first part, more")
+    again = await store.claim(LEASE)
+    assert again is not None and again.draft == "the first part, more" and again.attempts == 2
+    assert await store.fail(again, "gave up")
+    ended = await store.get(again.id)
+    assert ended is not None and ended.draft is None
+
+
+async def test_old_finished_jobs_are_pruned_and_unfinished_ones_never(store: JobStore, clock: Clock) -> None:
+    for topic in ("old done", "old queued"):
+        await store.enqueue(request(topic=topic), QUOTAS)
+    job = await store.claim(LEASE)
+    assert job is not None and await store.fail(job, "gave up")
+    clock.now += 31 * 86400
+    await store.enqueue(request(user_id=2, topic="recent"), QUOTAS)
+    recent = await store.claim(LEASE)
+    assert recent is not None and await store.fail(recent, "gave up")
+    assert await store.prune_finished(30) == 1
+    left = {job.topic for job in await store.list_jobs(limit=10)}
+    assert left == {"old queued", "recent"}

@@ -379,3 +379,34 @@ async def test_the_requester_is_told_once_when_a_job_fails_or_a_moderator_cancel
 
 async def _bot_message(api: EmulatorControl, needle: str) -> dict[str, Any] | None:
     return next((m for m in await api.bot_replies("general") if needle in m["content"]), None)
+
+
+async def test_a_job_whose_model_is_on_a_server_that_is_down_waits_for_it(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    gpu = FakeOllamaServer(models=["llama2", "mistral:latest"])
+    await gpu.start()
+    port = int(gpu.url.rsplit(":", 1)[1])
+    await gpu.stop()  # the GPU box is down; the laptop has only llama2
+    async with FakeOllamaServer(models=["llama2"]) as laptop:
+        config = make_config(tmp_path, emulator.url, [gpu.url, laptop.url], blog=FAST_BLOG)
+        async with running_bot(config):
+            invocation = await discord_api.invoke(
+                "general", "alice", "blog new", topic="owls", target_length=300
+            )
+            record = await discord_api.answered(invocation["interaction_id"])
+            waiting = await wait_until(
+                lambda: _contains(status_text(discord_api, record), "Waiting for a model server"), within=10
+            )
+            revived = FakeOllamaServer(models=["llama2", "mistral:latest"])
+            revived.script("mistral:latest", [ARTICLE])
+            await revived.start(port=port)
+            try:
+                (post,) = await wait_for_articles(discord_api, 1, within=20)
+            finally:
+                await revived.stop()
+    assert "mistral" in waiting
+    assert post["attachments"][0]["filename"] == "owls-at-night-1.md"
+    assert [r["status"] for r in laptop.requests if r["path"] == "/api/chat"] == [404], (
+        "asked once, then skipped"
+    )
