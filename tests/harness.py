@@ -200,6 +200,37 @@ class EmulatorControl:
         result: list[dict[str, Any]] = response.json()
         return result
 
+    async def permissions(
+        self,
+        channel: str | None,
+        target: str = "bot",
+        *,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Set ``target``'s overwrite ("bot", a user name, a role name or id) in ``channel`` (a name or
+        id) to ``allow``/``deny`` (Discord's permission names); ``channel=None`` changes a role's own
+        permissions instead."""
+        body = {"channel_id": channel, "target": target, "allow": list(allow), "deny": list(deny)}
+        response = await self._http.post(f"{self.url}/_emulator/permissions", json=body)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def press(self, message_id: str, custom_id: str, user: str) -> dict[str, Any]:
+        """Press the button ``custom_id`` on a message as ``user`` (a user name); returns
+        ``{"interaction_id", "token"}``."""
+        body = {
+            "type": "component",
+            "message_id": message_id,
+            "custom_id": custom_id,
+            "user_id": self.user(user),
+        }
+        response = await self._http.post(f"{self.url}/_emulator/interactions", json=body)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
 
 class FakeOllamaControl:
     """The fake Ollama server's control API (``/_fake/...``)."""

@@ -1,4 +1,4 @@
-"""``python -m tests.fakes.discord_server --host 127.0.0.1 --port P [--interaction-token-ttl SECONDS]``"""
+"""``python -m tests.fakes.discord_server --host 127.0.0.1 --port P [options]`` (``--help`` lists them)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,21 @@ import signal
 
 from tests.fakes.discord_server.server import DiscordEmulator
 
+PRIVILEGED_CHOICES = {
+    "none": set(),
+    "message_content": {"message_content"},
+    "all": {"message_content", "members", "presences"},
+}
+
 
 async def serve(args: argparse.Namespace) -> None:
-    emulator = DiscordEmulator(interaction_token_ttl=args.interaction_token_ttl)
+    emulator = DiscordEmulator(
+        interaction_token_ttl=args.interaction_token_ttl,
+        privileged_intents=PRIVILEGED_CHOICES[args.privileged_intents],
+        valid_tokens=None if args.require_token is None else {args.require_token},
+        heartbeat_interval=args.heartbeat_interval,
+        session_timeout=args.session_timeout,
+    )
     url = await emulator.start(args.host, args.port)
     print(f"listening on {url}", flush=True)
     stop = asyncio.Event()
@@ -29,6 +41,24 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8900, help="0 picks a free port")
     parser.add_argument(
         "--interaction-token-ttl", type=float, default=900.0, help="seconds (Discord: 15 min)"
+    )
+    parser.add_argument(
+        "--privileged-intents",
+        choices=sorted(PRIVILEGED_CHOICES),
+        default="all",
+        help="privileged intents the application was granted; asking for more closes with 4014",
+    )
+    parser.add_argument(
+        "--require-token",
+        metavar="TOKEN",
+        help="the only bot token accepted (others: close 4004 on IDENTIFY, 401 on REST)",
+    )
+    parser.add_argument("--heartbeat-interval", type=float, default=41.25, help="seconds (Discord: 41.25)")
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=180.0,
+        help="seconds a disconnected session stays resumable",
     )
     asyncio.run(serve(parser.parse_args()))
 

@@ -16,12 +16,68 @@ from typing import Any
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 
-# Permission bits (https://discord.com/developers/docs/topics/permissions).
+# Permission bits, named as Discord names them (docs: topics/permissions.md, "Bitwise Permission Flags").
+PERMISSION_BITS = {
+    "CREATE_INSTANT_INVITE": 0,
+    "KICK_MEMBERS": 1,
+    "BAN_MEMBERS": 2,
+    "ADMINISTRATOR": 3,
+    "MANAGE_CHANNELS": 4,
+    "MANAGE_GUILD": 5,
+    "ADD_REACTIONS": 6,
+    "VIEW_AUDIT_LOG": 7,
+    "PRIORITY_SPEAKER": 8,
+    "STREAM": 9,
+    "VIEW_CHANNEL": 10,
+    "SEND_MESSAGES": 11,
+    "SEND_TTS_MESSAGES": 12,
+    "MANAGE_MESSAGES": 13,
+    "EMBED_LINKS": 14,
+    "ATTACH_FILES": 15,
+    "READ_MESSAGE_HISTORY": 16,
+    "MENTION_EVERYONE": 17,
+    "USE_EXTERNAL_EMOJIS": 18,
+    "VIEW_GUILD_INSIGHTS": 19,
+    "CONNECT": 20,
+    "SPEAK": 21,
+    "MUTE_MEMBERS": 22,
+    "DEAFEN_MEMBERS": 23,
+    "MOVE_MEMBERS": 24,
+    "USE_VAD": 25,
+    "CHANGE_NICKNAME": 26,
+    "MANAGE_NICKNAMES": 27,
+    "MANAGE_ROLES": 28,
+    "MANAGE_WEBHOOKS": 29,
+    "MANAGE_GUILD_EXPRESSIONS": 30,
+    "USE_APPLICATION_COMMANDS": 31,
+    "REQUEST_TO_SPEAK": 32,
+    "MANAGE_EVENTS": 33,
+    "MANAGE_THREADS": 34,
+    "CREATE_PUBLIC_THREADS": 35,
+    "CREATE_PRIVATE_THREADS": 36,
+    "USE_EXTERNAL_STICKERS": 37,
+    "SEND_MESSAGES_IN_THREADS": 38,
+    "USE_EMBEDDED_ACTIVITIES": 39,
+    "MODERATE_MEMBERS": 40,
+    "VIEW_CREATOR_MONETIZATION_ANALYTICS": 41,
+    "USE_SOUNDBOARD": 42,
+    "CREATE_GUILD_EXPRESSIONS": 43,
+    "CREATE_EVENTS": 44,
+    "USE_EXTERNAL_SOUNDS": 45,
+    "SEND_VOICE_MESSAGES": 46,
+    "SET_VOICE_CHANNEL_STATUS": 48,
+    "SEND_POLLS": 49,
+    "USE_EXTERNAL_APPS": 50,
+    "PIN_MESSAGES": 51,
+    "BYPASS_SLOWMODE": 52,
+}
 ADMINISTRATOR = 1 << 3
+MANAGE_CHANNELS = 1 << 4
 MANAGE_GUILD = 1 << 5
 ADD_REACTIONS = 1 << 6
 VIEW_CHANNEL = 1 << 10
 SEND_MESSAGES = 1 << 11
+SEND_TTS_MESSAGES = 1 << 12
 MANAGE_MESSAGES = 1 << 13
 EMBED_LINKS = 1 << 14
 ATTACH_FILES = 1 << 15
@@ -31,17 +87,13 @@ USE_APPLICATION_COMMANDS = 1 << 31
 MANAGE_THREADS = 1 << 34
 CREATE_PUBLIC_THREADS = 1 << 35
 SEND_MESSAGES_IN_THREADS = 1 << 38
-ALL_PERMISSIONS = (1 << 50) - 1
+PIN_MESSAGES = 1 << 51
+ALL_PERMISSIONS = sum(1 << bit for bit in PERMISSION_BITS.values())
+#: Discord's names plus their lower-case spellings (the old control endpoint took ``send_messages``).
 PERMISSION_NAMES = {
-    "view_channel": VIEW_CHANNEL,
-    "send_messages": SEND_MESSAGES,
-    "manage_messages": MANAGE_MESSAGES,
-    "embed_links": EMBED_LINKS,
-    "attach_files": ATTACH_FILES,
-    "read_message_history": READ_MESSAGE_HISTORY,
-    "mention_everyone": MENTION_EVERYONE,
-    "add_reactions": ADD_REACTIONS,
+    spelling: 1 << bit for name, bit in PERMISSION_BITS.items() for spelling in (name, name.lower())
 }
+THREAD_TYPES = (10, 11, 12)
 EVERYONE_PERMISSIONS = (
     VIEW_CHANNEL
     | SEND_MESSAGES
@@ -265,17 +317,111 @@ class World:
             "afk_timeout": 300,
             "application_id": None,
             "max_members": 500000,
+            # The rest of the documented Guild object (docs: resources/guild.md, "Guild Structure").
+            "icon_hash": None,
+            "splash": None,
+            "discovery_splash": None,
+            "banner": None,
+            "description": None,
+            "vanity_url_code": None,
+            "widget_enabled": False,
+            "widget_channel_id": None,
+            "system_channel_flags": 0,
+            "public_updates_channel_id": None,
+            "safety_alerts_channel_id": None,
+            "max_presences": None,
+            "max_video_channel_users": 25,
+            "max_stage_video_channel_users": 50,
+            "premium_progress_bar_enabled": False,
+            "incidents_data": None,
+            "hub_type": None,
+            "region": "deprecated",
         }
 
     # -- permissions -----------------------------------------------------------------------------------
 
     def guild_permissions(self, user_id: int) -> int:
+        """Base permissions, as docs/topics/permissions.md computes them: the owner and administrators
+        have all; otherwise @everyone's permissions and those of each of the member's roles."""
+        if user_id == self.names["mod"]:  # the guild's owner
+            return ALL_PERMISSIONS
         permissions = int(self.roles[self.guild_id]["permissions"])
         for role in self.member_roles.get(user_id, []):
             permissions |= int(self.roles[role]["permissions"])
         if permissions & ADMINISTRATOR:
             return ALL_PERMISSIONS
         return permissions
+
+    def channel_permissions(self, user_id: int, channel_id: int) -> int:
+        """Permissions in a channel (docs/topics/permissions.md): base permissions, then the @everyone
+        overwrite, the member's role overwrites together, then the member's own overwrite. A thread
+        takes its parent's overwrites, except that sending there needs SEND_MESSAGES_IN_THREADS, which
+        this returns as SEND_MESSAGES ("Inherited Permissions (Threads)"). Implicit denials: without
+        VIEW_CHANNEL nothing else counts; without SEND_MESSAGES neither do MENTION_EVERYONE,
+        SEND_TTS_MESSAGES, ATTACH_FILES and EMBED_LINKS ("Implicit Permissions")."""
+        channel = self.channels[channel_id]
+        thread = channel["type"] in THREAD_TYPES
+        if thread:
+            channel = self.channels[int(channel["parent_id"])]
+        if channel["type"] == 1:
+            return (
+                VIEW_CHANNEL
+                | SEND_MESSAGES
+                | READ_MESSAGE_HISTORY
+                | EMBED_LINKS
+                | ATTACH_FILES
+                | ADD_REACTIONS
+            )
+        permissions = self.guild_permissions(user_id)
+        if permissions & ADMINISTRATOR:
+            return ALL_PERMISSIONS
+        overwrites = {int(o["id"]): o for o in channel["permission_overwrites"]}
+        everyone = overwrites.get(self.guild_id)
+        if everyone is not None:
+            permissions = (permissions & ~int(everyone["deny"])) | int(everyone["allow"])
+        deny = allow = 0
+        for role in self.member_roles.get(user_id, []):
+            if role in overwrites:
+                deny |= int(overwrites[role]["deny"])
+                allow |= int(overwrites[role]["allow"])
+        permissions = (permissions & ~deny) | allow
+        member = overwrites.get(user_id)
+        if member is not None:
+            permissions = (permissions & ~int(member["deny"])) | int(member["allow"])
+        if thread:
+            permissions &= ~SEND_MESSAGES
+            if permissions & SEND_MESSAGES_IN_THREADS:
+                permissions |= SEND_MESSAGES
+        if not permissions & VIEW_CHANNEL:
+            return 0
+        if not permissions & SEND_MESSAGES:
+            permissions &= ~(MENTION_EVERYONE | SEND_TTS_MESSAGES | ATTACH_FILES | EMBED_LINKS)
+        return permissions
+
+    def overwrite_target(self, target: str) -> tuple[int, int] | None:
+        """``(id, type)`` of a permission overwrite's target: "bot", a user name, a role name or id
+        ("@everyone"/"everyone" is the guild's id); type 0 is a role, 1 a member."""
+        if target == "bot":
+            return self.bot_id, 1
+        if target in self.names:
+            return self.names[target], 1
+        lowered = target.lower().lstrip("@")
+        for role_id, role in self.roles.items():
+            if target == str(role_id) or lowered == role["name"].lower().lstrip("@"):
+                return role_id, 0
+        if target.isdigit() and int(target) in self.users:
+            return int(target), 1
+        return None
+
+    def set_overwrite(self, channel_id: int, target: tuple[int, int], allow: int, deny: int) -> None:
+        """Replace the channel's overwrite for ``target``; an overwrite with nothing in it is removed."""
+        channel = self.channels[channel_id]
+        overwrites = [o for o in channel["permission_overwrites"] if o["id"] != str(target[0])]
+        if allow or deny:
+            overwrites.append(
+                {"id": str(target[0]), "type": target[1], "allow": str(allow), "deny": str(deny & ~allow)}
+            )
+        channel["permission_overwrites"] = overwrites
 
     def create_thread(self, parent_id: int, message_id: int, name: str) -> dict[str, Any]:
         """A public thread started from a message (Discord gives it the message's id), owned by the bot."""
@@ -302,31 +448,6 @@ class World:
         self.channels[message_id] = thread
         self.messages[message_id] = []
         return thread
-
-    def channel_permissions(self, user_id: int, channel_id: int) -> int:
-        """Permissions in a channel: guild permissions, then @everyone, role and member overwrites."""
-        channel = self.channels[channel_id]
-        if channel["type"] == 11:  # a thread has its parent's permissions
-            channel = self.channels[int(channel["parent_id"])]
-        if channel["type"] == 1:
-            return VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | EMBED_LINKS | ATTACH_FILES
-        permissions = self.guild_permissions(user_id)
-        if permissions & ADMINISTRATOR:
-            return ALL_PERMISSIONS
-        overwrites = {int(o["id"]): o for o in channel["permission_overwrites"]}
-        everyone = overwrites.get(self.guild_id)
-        if everyone is not None:
-            permissions = (permissions & ~int(everyone["deny"])) | int(everyone["allow"])
-        deny = allow = 0
-        for role in self.member_roles.get(user_id, []):
-            if role in overwrites:
-                deny |= int(overwrites[role]["deny"])
-                allow |= int(overwrites[role]["allow"])
-        permissions = (permissions & ~deny) | allow
-        member = overwrites.get(user_id)
-        if member is not None:
-            permissions = (permissions & ~int(member["deny"])) | int(member["allow"])
-        return permissions
 
     # -- messages --------------------------------------------------------------------------------------
 
