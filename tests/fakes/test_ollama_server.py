@@ -51,6 +51,7 @@ async def test_official_client_streamed_chat(server: FakeOllamaServer, client: o
 async def test_official_client_streamed_generate_and_plain_chat(
     server: FakeOllamaServer, client: ollama.AsyncClient
 ) -> None:
+    server.configure(chatty_articles=False)
     parts = [
         p
         async for p in await client.generate(
