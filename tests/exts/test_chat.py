@@ -423,3 +423,52 @@ async def test_a_chat_waiting_for_a_busy_server_says_where_it_is_in_line(
     assert any("Waiting for a model server — you're #2 in line" in text for text in notices), notices
     assert first_in_line["content"] == "alice's answer"
     assert len(chat_requests(slow.requests)) == 3
+
+
+async def test_a_mention_during_a_blog_job_on_a_one_slot_server_is_answered_at_once(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    """The chat preempts the article being written; the article continues afterwards as one text."""
+    async with FakeOllamaServer(models=["llama2", "mistral:latest"], tokens_per_second=100) as fake:
+        config = make_config(
+            tmp_path,
+            emulator.url,
+            [fake.url],
+            backends={"max_concurrent": 1},
+            blog={"progress_interval": 0.5, "lease_seconds": 5.0},
+        )
+        async with running_bot(config):
+            job = await discord_api.invoke(
+                "general", "bob", "blog new", topic="owls at night", target_length=300
+            )
+            await discord_api.answered(job["interaction_id"])
+            await wait_until(lambda: _writing(fake, "mistral:latest"), within=10)
+            asked_at = asyncio.get_running_loop().time()
+            question = await discord_api.mention("general", "alice", "quick question")
+            await final_reply(discord_api, "general", question["id"], contains=".", within=10)
+            chat = next(r for r in fake.requests if r["path"] == "/api/chat" and r["model"] == "llama2")
+            post = await wait_until(lambda: _article_post(discord_api), within=30)
+            record = await discord_api.interaction(job["interaction_id"])
+            status = await wait_until(lambda: _status_done(discord_api, str(record["original"]["id"])))
+        blog = [r for r in fake.requests if r["model"] == "mistral:latest"]
+    assert chat["first_token_at"] - asked_at < 2.0, "the chat did not wait for the article"
+    assert blog[0]["disconnected"] and len(blog) == 2, "the article was paused once, then continued"
+    body = post["attachments"][0]["text"].split("---\n", 2)[2]
+    headings = [line for line in body.splitlines() if line.startswith("## ")]
+    assert headings == [f"## Part {n}" for n in range(1, len(headings))] + ["## Conclusion"], headings
+    assert status.startswith("✅") and "Incomplete" not in post["content"]
+
+
+async def _writing(fake: FakeOllamaServer, model: str) -> bool:
+    return any(r["model"] == model and r["tokens"] > 20 for r in fake.requests)
+
+
+async def _status_done(api: EmulatorControl, message_id: str) -> str | None:
+    for message in await api.messages("general"):
+        if str(message["id"]) == message_id and "Done" in message["content"]:
+            return str(message["content"])
+    return None
+
+
+async def _article_post(api: EmulatorControl) -> dict[str, Any] | None:
+    return next((m for m in await api.bot_replies("general") if m["attachments"]), None)
