@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 
+import aiohttp
 import discord
 import httpx
 import yarl
@@ -88,15 +89,24 @@ async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIter
 async def run_bot(config: Config, token: str) -> None:
     """Run the bot until it is closed, the task is cancelled, or SIGTERM/SIGINT arrives."""
     loop = asyncio.get_running_loop()
-    async with open_bot(config) as bot:
+    closing: set[asyncio.Task[None]] = set()
+
+    def stop() -> None:
         # A clean stop: the cogs stop taking work, let running replies finish and put jobs back.
+        # The task is kept (the loop holds only weak references) and awaited before the resources close.
+        if not closing:
+            closing.add(asyncio.create_task(bot.close(), name="close on signal"))
+
+    async with open_bot(config) as bot:
         for signal_number in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signal_number, lambda: asyncio.ensure_future(bot.close()))
+            loop.add_signal_handler(signal_number, stop)
         try:
             await bot.start(token)
         finally:
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signal_number)
+            if closing:
+                await asyncio.gather(*closing, return_exceptions=True)
 
 
 async def sync_commands(config: Config, token: str) -> None:
@@ -135,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except discord.LoginFailure:
         log.error("Discord rejected the token (DISCORD_TOKEN): reset it in the developer portal")
+        return 1
+    except (aiohttp.ClientError, OSError) as exc:
+        # discord.py lets transport failures at login and connect through unwrapped.
+        log.error("cannot reach Discord at %s: %s", config.discord.api_base, exc or type(exc).__name__)
         return 1
     except discord.PrivilegedIntentsRequired:
         log.error(

@@ -40,6 +40,8 @@ class LLMBot(commands.Bot):
         background_work: bool = True,
         supervisor: Supervisor | None = None,
     ) -> None:
+        # The bot has no voice: discord.py's start-up warnings about missing voice libraries are noise.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         # Reading the text of a mention needs the privileged Message Content intent (developer portal → Bot).
         intents.message_content = True

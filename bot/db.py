@@ -127,6 +127,9 @@ class Database:
     async def open(self) -> None:
         """Connect, set the pragmas and run pending migrations."""
         try:
+            # Tried with plain sqlite3 first: when aiosqlite fails to connect, its worker thread reports
+            # the stop later, to an event loop that `asyncio.run` may have closed, and prints a traceback.
+            await asyncio.to_thread(_try_open, self.path)
             self._connection = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StartupError(f"database.path: cannot open {self.path!r} ({exc})") from None
@@ -250,3 +253,8 @@ def _statements(script: str) -> Iterable[str]:
             buffer = ""
     if buffer.strip():
         yield buffer.strip()
+
+
+def _try_open(path: str | Path) -> None:
+    """Open and close the database file, raising ``sqlite3.Error`` if it cannot be opened."""
+    sqlite3.connect(path).close()

@@ -129,3 +129,27 @@ async def _disconnected(api: Any) -> bool:
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+def test_unreachable_discord_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[discord]\napi_base = "http://127.0.0.1:9/api/v10"\ngateway_url = "ws://127.0.0.1:9/"\n'
+        f'[database]\npath = "{tmp_path / "bot.sqlite3"}"\n[[backends]]\nurl = "http://127.0.0.1:9"\n'
+    )
+    result = run_bot("--config", str(config), env={"DISCORD_TOKEN": "not-a-real-token"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert "cannot reach Discord at http://127.0.0.1:9/api/v10" in errors[0]
+    assert "voice will NOT be supported" not in result.stderr
+
+
+def test_a_database_path_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\npath = "{tmp_path / "missing" / "bot.sqlite3"}"\n')
+    result = run_bot("--config", str(config), env={"DISCORD_TOKEN": "not-a-real-token"})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "database.path: cannot open" in result.stderr and "Traceback" not in result.stderr
