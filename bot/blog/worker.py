@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -123,6 +124,17 @@ class Progress:
     expected_words: float = 0.0
     #: Tokens per second the backend has shown (for an estimate before the first token).
     backend_rate: float | None = None
+    #: Each part's token budget and how many more parts may follow the current one (0: no cap known).
+    budget_tokens: int = 0
+    parts_left: int = 0
+    #: Characters of the system prompt and the request, which every part's prompt holds before the text.
+    prompt_chars: int = 0
+    #: Time spent reading prompts, and their estimated tokens: a continuation has to read the text so far
+    #: again first, which on a CPU takes seconds.
+    read_seconds: float = 0.0
+    read_tokens: float = 0.0
+    #: Tokens (content chunks) of the finished parts written in this process.
+    tokens_written: int = 0
     _words: int = 0
     _counted_chars: int = -1
 
@@ -147,6 +159,8 @@ class Progress:
 
     def close_part(self) -> None:
         """The current part ended (whichever way): its text joins the finished ones."""
+        if self.current is not None:
+            self.tokens_written += self.current.content_chunks
         self.base_text, self.current = self.text, None
 
     @property
@@ -163,6 +177,9 @@ class Progress:
             self.written_seconds += now - self.writing_since
             self.written_words += max(0, self.words - self.words_before_part)
             self.writing_since = None
+        if self.phase == "reading" and phase == "writing":
+            self.read_seconds += now - self.phase_since
+            self.read_tokens += self._prompt_tokens()
         self.phase, self.phase_since = phase, now
         if phase == "writing":
             self.writing_since, self.words_before_part = now, self.words
@@ -180,24 +197,77 @@ class Progress:
             return self.backend_rate * WORDS_PER_TOKEN
         return None
 
+    def words_left(self) -> float:
+        """How many more words the model will probably write.
+
+        Up to the expected length, the rest of it. Past it the model is ignoring the target and nothing
+        tells when it will stop: the median guess for a process of unknown length is "as long again as
+        so far". Never more than the token budget still allows (this part's rest and the parts left), at
+        the words per token this model has shown."""
+        words = self.words
+        expected = self.expected_words or self.target_words
+        left = expected - words if words < expected else float(words)
+        budget = self._tokens_left()
+        if budget is not None:
+            left = min(left, sum(budget) * self._words_per_token())
+        return max(left, 10.0)
+
     def seconds_left(self) -> float | None:
-        """Time until the article is done at the speed seen so far, or None before anything is known."""
+        """Time until the article is done at the speed seen so far (reading the prompts of the parts still
+        to come included), or None before anything is known."""
         if self.phase == "waiting":
             return None
         rate = self.words_per_second()
         if rate is None:
             return None
-        expected = max(self.expected_words or self.target_words, self.words * 1.05 + 10)
-        return (expected - self.words) / rate
+        words_left = self.words_left()
+        return words_left / rate + self._reading_left(words_left)
+
+    def _tokens_left(self) -> tuple[int, int] | None:
+        """Tokens the current part may still write and those of the parts that may follow, or None when
+        no budget is known."""
+        if not self.budget_tokens:
+            return None
+        written = self.current.content_chunks if self.current is not None else self.budget_tokens
+        return max(0, self.budget_tokens - written), self.parts_left * self.budget_tokens
+
+    def _words_per_token(self) -> float:
+        tokens = self.tokens_written + (self.current.content_chunks if self.current is not None else 0)
+        return self.words / tokens if tokens >= 20 and self.words else WORDS_PER_TOKEN
+
+    def _prompt_tokens(self, more_words: float = 0.0) -> float:
+        """Estimated tokens of the prompt a part reads: the request and the text so far (and more)."""
+        return (self.prompt_chars + len(self.text)) / CHARS_PER_TOKEN + more_words / self._words_per_token()
+
+    def _reading_left(self, words_left: float) -> float:
+        """Seconds of prompt reading still to come: the rest of the current reading, then one reading for
+        each continuation that ``words_left`` needs, at the reading speed measured so far."""
+        if self.read_seconds <= 0 or self.read_tokens <= 0:
+            return 0.0
+        per_token = self.read_seconds / self.read_tokens
+        seconds = 0.0
+        if self.phase == "reading":
+            seconds += max(0.0, self._prompt_tokens() * per_token - self.in_phase())
+        budget = self._tokens_left()
+        if budget is not None:
+            words_per_token = self._words_per_token()
+            part_words = budget[0] * words_per_token
+            more = words_left - part_words
+            if more > 0:
+                parts = min(self.parts_left, math.ceil(more / (self.budget_tokens * words_per_token)))
+                seconds += parts * self._prompt_tokens(part_words) * per_token
+        return seconds
 
     @property
     def fraction(self) -> float:
-        expected = max(self.expected_words or self.target_words, self.words * 1.05 + 10)
-        return min(0.99, self.words / expected) if expected else 0.0
+        words = self.words
+        return min(0.99, words / (words + self.words_left()))
 
 
 #: Words per token of English prose with llama-family tokenizers, for estimates before any text.
 WORDS_PER_TOKEN = 0.75
+#: Characters per token of English prose, for estimating how long a prompt is.
+CHARS_PER_TOKEN = 4.0
 
 
 class BlogWorker:
@@ -372,6 +442,7 @@ class BlogWorker:
         the broken part included, for the next attempt to continue from.
         """
         system, prompt = build_prompt(job.topic, job.style, job.tone, job.target_length, job.tags)
+        progress.prompt_chars = len(system) + len(prompt)
         budget = self._config.max_tokens or num_predict_for(job.target_length)
         timeouts = Timeouts(
             first_byte=self._config.first_token_timeout,
@@ -391,6 +462,8 @@ class BlogWorker:
             continuations, preempted = part - 1, False
             messages = article_messages(job, system, prompt, progress.text)
             progress.part = part
+            progress.budget_tokens = budget
+            progress.parts_left = self._config.max_continuations - continuations
             stream = self._pool.chat(
                 job.model,
                 messages,
@@ -439,24 +512,21 @@ class BlogWorker:
             )
 
     async def _heartbeat(self, job: Job, progress: Progress, generation: asyncio.Task[Draft]) -> None:
-        """Renew the lease, save the text so far and publish progress; stop the generation if the job is
-        no longer ours."""
-        renew_every = self._config.lease_seconds / 3
-        show_every = self._config.progress_interval
-        last_renewal = self._clock()
+        """Every progress interval (at least three times a lease): publish progress, renew the lease and
+        save the text written since the last beat, so a crash loses at most one interval of writing; stop
+        the generation if the job is no longer ours."""
+        every = min(self._config.lease_seconds / 3, self._config.progress_interval)
         saved = len(progress.text)
         self._delivery.job_changed(job, progress)
         while True:
-            await asyncio.sleep(min(renew_every, show_every))
+            await asyncio.sleep(every)
             self._delivery.job_changed(replace(job, progress_words=progress.words), progress)
-            if self._clock() - last_renewal >= renew_every * 0.99:
-                text = progress.text
-                draft = text if len(text) != saved else None
-                if not await self._store.heartbeat(job, self._config.lease_seconds, progress.words, draft):
-                    generation.cancel()  # cancelled by someone, or the lease was lost: stop the model
-                    return
-                saved = len(text)
-                last_renewal = self._clock()
+            text = progress.text
+            draft = text if len(text) != saved else None
+            if not await self._store.heartbeat(job, self._config.lease_seconds, progress.words, draft):
+                generation.cancel()  # cancelled by someone, or the lease was lost: stop the model
+                return
+            saved = len(text)
 
     async def _handle_model_error(self, job: Job, error: LLMError, text: str) -> Draft | None:
         """Retry later, or fail the job; a job that can't go on but has a real article's worth of text

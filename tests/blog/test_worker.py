@@ -34,15 +34,21 @@ def test_the_estimate_uses_the_writing_speed_not_the_time_spent_waiting_and_read
     assert progress.fraction == pytest.approx(0.5)
 
 
-def test_past_the_target_the_bar_never_claims_done_while_writing() -> None:
+def test_past_the_target_the_estimate_expects_as_long_again_within_the_budget() -> None:
     clock = Clock()
     progress = Progress(target_words=300, clock=clock)
     progress.enter("writing")
     clock.now += 40
-    progress.base_text = words(400)
+    progress.base_text = words(400)  # 10 words/s, and nothing says when the model will stop
+    assert progress.fraction == pytest.approx(0.5)
+    assert progress.seconds_left() == pytest.approx(40, rel=0.05)
+    # With 100 tokens of budget left and no continuation allowed, at most 75 words can follow.
+    progress.budget_tokens, progress.parts_left = 500, 0
+    progress.close_part()
+    assert progress.words_left() == pytest.approx(10.0), "the part ended: nothing more can come"
+    progress.parts_left = 1
+    assert progress.words_left() == pytest.approx(375), "one more part of 500 tokens may follow"
     assert progress.fraction < 1.0
-    left = progress.seconds_left()
-    assert left is not None and 0 < left < 5
 
 
 def test_the_expected_length_follows_what_the_model_really_writes() -> None:
@@ -85,3 +91,18 @@ def test_speed_is_kept_across_parts_and_pauses() -> None:
 )
 def test_continued_text_joins_into_one(before: str, after: str, joined: str) -> None:
     assert join_continuation(before, after) == joined
+
+
+def test_continuations_still_to_come_add_their_prompt_reading() -> None:
+    clock = Clock()
+    progress = Progress(target_words=300, clock=clock, budget_tokens=400, parts_left=2, prompt_chars=400)
+    progress.enter("reading")
+    clock.now += 1  # 100 prompt tokens read in 1 s
+    progress.enter("writing")
+    clock.now += 30
+    progress.base_text = "word " * 300  # 10 words/s; past the target, with the part's budget spent
+    progress.close_part()
+    assert progress.words_left() == 300, "as long again"
+    # That takes one more part, which first reads the request and the text: (400 + 1500) / 4 = 475
+    # tokens at 100 tokens/s.
+    assert progress.seconds_left() == pytest.approx(30 + 4.75)

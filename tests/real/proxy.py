@@ -1,17 +1,20 @@
 """A recording reverse proxy between the bot and a real model server: the ground truth of the real lane.
 
-Every request is forwarded as it is. A streamed response is passed through chunk by chunk as it arrives
-(nothing is buffered, so the bot sees the server's timing), and when the bot hangs up the upstream
-connection is closed too, as the server would have seen it without the proxy. For every
-``POST /v1/chat/completions`` the proxy keeps a :class:`Completion`: what the bot asked for and, from the
-server-sent events, every content delta with its arrival time (``time.monotonic()``, the clock the Discord
-emulator stamps its message history with), which ``finish_reason`` came (if any) and whether ``[DONE]`` came.
+Every request is forwarded as it is, except that a completion request without a ``seed`` gets one derived
+from its messages (reproducible runs; the server's settings stay its defaults). A streamed response is
+passed through chunk by chunk as it arrives (nothing is buffered, so the bot sees the server's timing), and
+when the bot hangs up the upstream connection is closed too, as the server would have seen it without the
+proxy. For every ``POST /v1/chat/completions`` the proxy keeps a :class:`Completion`: what the bot asked for
+and, from the server-sent events, every content delta with its arrival time (``time.monotonic()``, the clock
+the Discord emulator stamps its message history with), which ``finish_reason`` came (if any) and whether
+``[DONE]`` came.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -138,6 +141,11 @@ class RecordingProxy:
                 payload = json.loads(body)
             except ValueError:
                 payload = {}
+            if isinstance(payload, dict) and "seed" not in payload:
+                # Sampling seeded by the request itself: the same question gets the same text in every
+                # run, so the lane is reproducible (a request the bot seeds itself is left alone).
+                payload["seed"] = zlib.crc32(json.dumps(payload.get("messages"), sort_keys=True).encode())
+                body = json.dumps(payload).encode()
             record = Completion(
                 sent_at=time.monotonic(),
                 messages=list(payload.get("messages") or []),
