@@ -21,11 +21,12 @@ import signal
 import sqlite3
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tests.fakes.discord_server import DiscordEmulator
-from tests.fakes.ollama_server import FakeOllamaServer
+from tests.fakes.ollama_server import FakeOllamaServer, tokenize
 from tests.harness import TOKEN, EmulatorControl, config_toml, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,3 +188,111 @@ async def _all_finished(database: Path, jobs: int) -> bool:
     return len(states) == jobs and all(
         state in ("delivered", "failed", "cancelled") for state in states.values()
     )
+
+
+@dataclass
+class Kill:
+    """One SIGKILL during a generation: tokens the model had sent in the killed request, and how many of
+    them the next request carried back as the text so far (the rest were written again)."""
+
+    sent: int
+    kept: int
+
+    @property
+    def regenerated(self) -> int:
+        return max(0, self.sent - self.kept)
+
+
+@dataclass
+class CheckpointReport:
+    kills: list[Kill]
+    #: Tokens the model writes in one heartbeat interval: the most a kill may cost.
+    tokens_per_heartbeat: float
+    requests: int
+    state: str
+    articles: list[dict[str, Any]]
+    seconds: float
+    log_tail: list[str] = field(default_factory=list)
+
+
+async def run_checkpoint_scenario(
+    workdir: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    api: EmulatorControl,
+    *,
+    tokens_per_second: float,
+    kills: int = 3,
+    seed: int = 0,
+    target_length: int = 1000,
+    within: float = 120.0,
+) -> CheckpointReport:
+    """One long job; the bot is SIGKILLed ``kills`` times at random moments while the model writes, and
+    restarted. Every restart must continue from the text saved by the last heartbeat."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    database = workdir / "checkpoint.sqlite3"
+    config_path = workdir / "checkpoint.toml"
+    blog = {"workers": 1, "lease_seconds": 5.0, "progress_interval": 0.5, "retry_base_seconds": 0.2}
+    config_path.write_text(config_toml(emulator.url, ollama.url, database, blog=blog))
+    heartbeat = min(float(blog["lease_seconds"]) / 3, float(blog["progress_interval"]))
+    bot = BotProcess(config_path, workdir / "bot.log")
+    await bot.start()
+    try:
+        await wait_until(lambda: _commands_synced(api), within=30)
+        seen = len(ollama.requests)
+        invocation = await api.invoke(
+            "general", "alice", "blog new", topic="the long history of owls", target_length=target_length
+        )
+        await api.answered(invocation["interaction_id"])
+        for _ in range(kills):
+            # A random moment while it writes (not before it has written a few tokens).
+            await wait_until(partial(_writing, ollama, after=seen, tokens=20), within=30)
+            await asyncio.sleep(rng.uniform(0.0, 3 * heartbeat))
+            await bot.kill()
+            seen = len(ollama.requests)
+            await bot.start()
+        await wait_until(lambda: _all_finished(database, 1), within=within)
+        articles = await wait_until(lambda: _articles(api), within=30)
+    finally:
+        tail = bot.tail()
+        await bot.kill()
+
+    generations = [r for r in ollama.requests if r["model"] == "mistral:latest"]
+    drafts = [_text_so_far(r) for r in generations]
+    report_kills = [
+        Kill(sent=r["tokens"], kept=len(tokenize(after)) - len(tokenize(before)))
+        for r, before, after in zip(generations, drafts, drafts[1:], strict=False)
+        if r["disconnected"]
+    ]
+    return CheckpointReport(
+        kills=report_kills,
+        tokens_per_heartbeat=tokens_per_second * heartbeat,
+        requests=len(generations),
+        state=_states(database)[1],
+        articles=articles,
+        seconds=loop.time() - started,
+        log_tail=tail,
+    )
+
+
+async def _writing(ollama: FakeOllamaServer, after: int, tokens: int) -> dict[str, Any] | None:
+    """A generation that arrived after the first ``after`` requests, has not ended and has sent at least
+    ``tokens`` tokens, if any."""
+    return next(
+        (
+            r
+            for r in ollama.requests[after:]
+            if r["model"] == "mistral:latest" and r["finished_at"] is None and r["tokens"] >= tokens
+        ),
+        None,
+    )
+
+
+def _text_so_far(record: dict[str, Any]) -> str:
+    """The article text a generation request carried (the assistant's turn of a continuation), or ""."""
+    messages = (record["body"] or {}).get("messages") or []
+    if len(messages) >= 2 and messages[-2].get("role") == "assistant":
+        return str(messages[-2].get("content") or "")
+    return ""
