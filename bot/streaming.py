@@ -17,13 +17,17 @@ from types import TracebackType
 
 import discord
 
+from bot.backoff import backoff
 from bot.chat.text import MESSAGE_LIMIT, clean_output, hide_reasoning, split_message
+from bot.errors import DISCORD_ERRORS, describe_discord_error, is_transient
 from bot.ratelimit import ChannelBudgets, WriteKind
 
 log = logging.getLogger(__name__)
 
 EMPTY_REPLY = "*(the model returned an empty reply)*"
 OVERFLOW_NOTE = "*(the reply is longer than this; the whole of it is attached as a file)*"
+#: Transient write failures in a row (dropped connections, 5xx) before a reply is given up as broken.
+MAX_WRITE_RETRIES = 5
 # Discord shows "is typing…" for about 10 s after each trigger.
 TYPING_REFRESH_SECONDS = 8.0
 
@@ -33,8 +37,9 @@ class StreamedReply:
 
     Use as ``async with StreamedReply(...) as reply:``, call :meth:`append` per chunk, then :meth:`finish`
     (or :meth:`fail` with a note); leaving the block waits until the final text has landed on Discord.
-    If Discord refuses a write (message deleted, channel gone, permission removed), :attr:`broken` is set
-    and the producer should stop generating.
+    If Discord refuses a write (message deleted, channel gone, permission removed) or keeps failing,
+    :attr:`broken` is set and the producer should stop generating; a dropped connection or a 5xx is
+    retried first.
     """
 
     def __init__(
@@ -68,7 +73,7 @@ class StreamedReply:
         self._edited_at: list[float] = []
         self._renderer: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
-        self.broken: discord.HTTPException | None = None
+        self.broken: BaseException | None = None
         #: ``loop.time()`` when the first text became visible, for the reply's log line.
         self.first_visible_at: float | None = None
 
@@ -163,29 +168,45 @@ class StreamedReply:
 
     async def _render(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await self._changed.wait()
-                self._changed.clear()
-                # Coalesce: wait until every message that needs an edit may be edited again.
-                due = [self._edited_at[i] + self._edit_interval for i in self._pending()]
-                delay = max(due, default=0.0) - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+        failures = 0
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            # Coalesce: wait until every message that needs an edit may be edited again.
+            due = [self._edited_at[i] + self._edit_interval for i in self._pending()]
+            delay = max(due, default=0.0) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
                 await self._flush()
                 if self._final and not self._pending() and self._shown:
                     if self.overflowed:
                         await self._attach_whole_reply()
                     return
-        except discord.HTTPException as exc:
-            self.broken = exc
-            log.warning(
-                "stopped streaming reply channel=%s origin=%s: Discord refused a write (%s %s)",
-                self._channel_id,
-                self._origin.id,
-                exc.status,
-                exc.code,
-            )
+            except DISCORD_ERRORS as exc:
+                failures += 1
+                if not is_transient(exc) or failures > MAX_WRITE_RETRIES:
+                    self.broken = exc
+                    log.warning(
+                        "stopped streaming reply channel=%s origin=%s: %s",
+                        self._channel_id,
+                        self._origin.id,
+                        describe_discord_error(exc),
+                    )
+                    return
+                # A dropped connection or a 5xx: the write may or may not have happened. Edits are
+                # idempotent and creates carry a nonce, so the same writes are simply made again.
+                wait = backoff(failures, base=0.5, cap=8.0)
+                log.info(
+                    "reply write failed channel=%s (%s); retrying in %.1fs",
+                    self._channel_id,
+                    describe_discord_error(exc),
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                self._changed.set()
+                continue
+            failures = 0
 
     def _pending(self) -> list[int]:
         """Indexes of messages whose shown text differs from what they should show now."""
@@ -235,7 +256,13 @@ class StreamedReply:
             # Discord replies stay within one channel: the first part in a new thread stands alone.
             reference=previous.to_reference(fail_if_not_exists=False) if same_channel else None,  # type: ignore[arg-type]
             allowed_mentions=self._mentions,
+            nonce=self._nonce(len(self._messages)),
         )
+
+    def _nonce(self, index: int) -> str:
+        """The nonce of the reply's message number ``index``: a create retried after a dropped connection
+        gets the message the first try made (Discord matches the author's nonces for a few minutes)."""
+        return f"r{self._origin.id}-{index}"
 
     @property
     def _channel_id(self) -> int:
@@ -249,6 +276,7 @@ class StreamedReply:
                 file=file,
                 reference=self._messages[-1].to_reference(fail_if_not_exists=False),
                 allowed_mentions=self._mentions,
+                nonce=self._nonce(len(self._messages)),
             )
         )
 
@@ -257,7 +285,7 @@ class StreamedReply:
         while not self._first_text.is_set() and not self._final:
             try:
                 await self._channel.typing()
-            except discord.HTTPException as exc:
+            except DISCORD_ERRORS as exc:
                 log.debug("typing indicator refused in channel %s: %s", self._channel_id, exc)
                 return
             with contextlib.suppress(TimeoutError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.fakes.discord_server import DiscordEmulator
@@ -410,3 +411,30 @@ async def test_a_job_whose_model_is_on_a_server_that_is_down_waits_for_it(
     assert [r["status"] for r in laptop.requests if r["path"] == "/api/chat"] == [404], (
         "asked once, then skipped"
     )
+
+
+@pytest.mark.parametrize("after_processing", [False, True], ids=["before", "after-processing"])
+async def test_a_connection_reset_while_posting_still_posts_the_article_exactly_once(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl, after_processing: bool
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"]) as fake:
+        fake.script("mistral:latest", [ARTICLE])
+        config = make_config(tmp_path, emulator.url, [fake.url], blog=FAST_BLOG)
+        async with running_bot(config):
+            await discord_api.fault(
+                kind="connection_reset",
+                method="POST",
+                path="/channels/*/messages",
+                attachments=True,
+                count=1,
+                after_processing=after_processing,
+            )
+            invocation = await discord_api.invoke("general", "alice", "blog new", topic="owls")
+            record = await discord_api.answered(invocation["interaction_id"])
+            await wait_for_articles(discord_api, 1)
+            final = await wait_until(lambda: _contains(status_text(discord_api, record), "Done"), within=15)
+            posts = await posted_articles(discord_api)
+            resets = [r for r in await discord_api.requests() if r["status"] == "reset"]
+    assert len(resets) == 1, "the fault never fired"
+    assert len(posts) == 1, [p["id"] for p in posts]
+    assert final.startswith("✅")

@@ -472,3 +472,49 @@ async def _status_done(api: EmulatorControl, message_id: str) -> str | None:
 
 async def _article_post(api: EmulatorControl) -> dict[str, Any] | None:
     return next((m for m in await api.bot_replies("general") if m["attachments"]), None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "count", "after_processing"),
+    [
+        ("PATCH", "/channels/*/messages/*", 2, False),
+        ("PATCH", "/channels/*/messages/*", 2, True),
+        # The reply was created but the bot never heard: the retry must not post it twice.
+        ("POST", "/channels/*/messages", 1, True),
+    ],
+    ids=["edit", "edit-after-processing", "create-after-processing"],
+)
+async def test_connection_resets_while_streaming_still_end_in_the_whole_reply(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    discord_api: EmulatorControl,
+    method: str,
+    path: str,
+    count: int,
+    after_processing: bool,
+) -> None:
+    """discord.py lets a dropped connection through as an aiohttp error, not an HTTPException: the renderer
+    must treat it as a transient failure, not stop and leave a half-written reply."""
+    answer = " ".join(f"word{i}" for i in range(80)) + "."
+    async with FakeOllamaServer(models=["llama2"], tokens_per_second=60) as slow:
+        slow.script("llama2", [answer])
+        config = make_config(tmp_path, emulator.url, [slow.url], chat={"edit_interval": 0.25})
+        async with running_bot(config):
+            await discord_api.fault(
+                kind="connection_reset",
+                method=method,
+                path=path,
+                count=count,
+                after_processing=after_processing,
+            )
+            question = await discord_api.mention("general", "alice", "tell me something")
+            replies = await final_reply(discord_api, "general", question["id"], contains="word79.", within=20)
+            resets = [r for r in await discord_api.requests() if r["status"] == "reset"]
+            answers = [
+                m
+                for m in await discord_api.bot_replies("general")
+                if (m.get("message_reference") or {}).get("message_id") == question["id"]
+            ]
+    assert len(resets) == count, "the faults never fired"
+    assert [m["content"] for m in replies] == [answer]
+    assert len(answers) == 1, "the reply was posted twice"

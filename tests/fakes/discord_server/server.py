@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import BodyPartReader, web
 
@@ -59,6 +59,10 @@ from tests.fakes.discord_server.world import (
     iso_now,
 )
 
+#: ``POST /_emulator/faults`` ``{"kind", "method", "path" (fnmatch), "count", "attachments"?}`` and per kind:
+#: ``http_error`` ``status``; ``rate_limit*`` ``retry_after``; ``delay`` ``seconds`` (the response is held);
+#: ``connection_reset`` drops the TCP connection without a response, before the request is processed, or
+#: after it (``"after_processing": true``: the message exists, but the client never hears of it).
 FAULT_KINDS = (
     "http_error",
     "rate_limit",
@@ -217,12 +221,9 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
                     scope[kind],
                     remaining=0 if kind == "rate_limit" else None,
                 )
-            if kind == "connection_reset":
+            if kind == "connection_reset" and not fault.spec.get("after_processing"):
                 # The TCP connection dies without a response (a reset by a proxy, a crashed edge).
-                entry["status"] = "reset"
-                if request.transport is not None:
-                    request.transport.abort()
-                raise asyncio.CancelledError
+                _reset(request, entry)
             if kind == "delay":
                 delay = float(fault.spec.get("seconds", 1.0))
         try:
@@ -240,6 +241,9 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         entry["status"] = response.status
         if delay:
             await asyncio.sleep(delay)
+        if fault is not None and fault.spec["kind"] == "connection_reset":
+            # ``after_processing``: Discord did the work (the message exists), but the reply never arrives.
+            _reset(request, entry)
         return response
 
     def _authenticate(self, request: web.Request) -> str:
@@ -982,3 +986,11 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
                     self._faults.remove(fault)
                 return fault
         return None
+
+
+def _reset(request: web.Request, entry: dict[str, Any]) -> NoReturn:
+    """Drop the request's TCP connection without a response."""
+    entry["status"] = "reset"
+    if request.transport is not None:
+        request.transport.abort()
+    raise asyncio.CancelledError
