@@ -100,6 +100,11 @@ class ChatConfig:
         "You are a helpful assistant in the Discord server {server}, channel #{channel}. "
         "Today is {date}. Answer concisely and use Markdown where it helps."
     )
+    # Direct messages have no server or channel: their own prompt, with {user} and {date} filled in.
+    dm_system_prompt: str = (
+        "You are a helpful assistant in a private Discord conversation with {user}. "
+        "Today is {date}. Answer concisely and use Markdown where it helps."
+    )
     history_messages: int = field(default=20, metadata=_range(0, 100))
     history_chars: int = field(default=12000, metadata=_range(500, 500000))
     # A longer reply is cut after this many messages and attached whole as a file.

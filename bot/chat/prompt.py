@@ -26,12 +26,14 @@ class Prompt:
     dropped: int
 
 
-def render_system_prompt(template: str, *, server: str, channel: str, date: str) -> str:
-    """Fill the ``{server}``, ``{channel}`` and ``{date}`` placeholders.
+def render_system_prompt(template: str, **values: str) -> str:
+    """Fill the placeholders (``{server}``, ``{channel}``, ``{user}``, ``{date}``) named in ``values``.
 
     Plain replacement rather than ``str.format``: a moderator's prompt may contain other braces.
     """
-    return template.replace("{server}", server).replace("{channel}", channel).replace("{date}", date)
+    for name, value in values.items():
+        template = template.replace(f"{{{name}}}", value)
+    return template
 
 
 def build_prompt(

@@ -327,10 +327,12 @@ class Chat(commands.Cog):
             await asyncio.sleep(WAIT_NOTICE_SECONDS)
 
     def _system_prompt(self, message: discord.Message, template: str) -> str:
-        channel = getattr(message.channel, "name", None) or "direct messages"
-        server = message.guild.name if message.guild else "a private conversation"
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
-        return render_system_prompt(template, server=server, channel=channel, date=today)
+        if message.guild is None:
+            user = message.author.display_name
+            return render_system_prompt(self.config.dm_system_prompt, user=user, date=today)
+        channel = getattr(message.channel, "name", None) or "this channel"
+        return render_system_prompt(template, server=message.guild.name, channel=channel, date=today)
 
     # -- memory ----------------------------------------------------------------------------------------
 
@@ -343,6 +345,9 @@ class Chat(commands.Cog):
             return []
         if self._own_thread(message.channel):
             chain = await self._thread_history(message, limit * 4)
+        elif message.guild is None and message.reference is None:
+            # A DM is one conversation: its recent messages are the memory, no Reply needed.
+            chain = [m async for m in message.channel.history(limit=limit * 4, before=message)]
         else:
             chain = await self._reply_chain(message, limit * 4)
         turns: list[Turn] = []

@@ -52,3 +52,5 @@ def test_system_prompt_placeholders() -> None:
         "In {server} #{channel} on {date}; json {a: 1}", server="S", channel="c", date="2026-11-25"
     )
     assert text == "In S #c on 2026-11-25; json {a: 1}"
+    dm = render_system_prompt("Talking with {user}, {server}", user="alice")
+    assert dm == "Talking with alice, {server}"

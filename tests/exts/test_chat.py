@@ -518,3 +518,37 @@ async def test_connection_resets_while_streaming_still_end_in_the_whole_reply(
     assert len(resets) == count, "the faults never fired"
     assert [m["content"] for m in replies] == [answer]
     assert len(answers) == 1, "the reply was posted twice"
+
+
+async def test_a_direct_message_conversation_needs_no_reply_button(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    discord_api: EmulatorControl,
+    http: Any,
+) -> None:
+    ollama.script("llama2", ["Nice to meet you, Alice.", "Your name is Alice."])
+    dm_channel = discord_api.state["dm_channels"]["alice"]
+
+    async def say(text: str) -> dict[str, Any]:
+        body = {"channel_id": dm_channel, "author_id": discord_api.user("alice"), "content": text}
+        question: dict[str, Any] = (await http.post(f"{emulator.url}/_emulator/messages", json=body)).json()
+
+        async def answered() -> dict[str, Any] | None:
+            messages = (await http.get(f"{emulator.url}/_emulator/channels/{dm_channel}/messages")).json()
+            replies = (m for m in messages if (m.get("message_reference") or {}).get("message_id"))
+            return next((m for m in replies if m["message_reference"]["message_id"] == question["id"]), None)
+
+        return await wait_until(answered)
+
+    async with running_bot(make_config(tmp_path, emulator.url, [ollama.url])):
+        await say("hi, I'm Alice")
+        await say("what is my name?")
+    _, second = chat_requests(ollama.requests)
+    assert conversation(second) == [
+        ("user", "hi, I'm Alice"),
+        ("assistant", "Nice to meet you, Alice."),
+        ("user", "what is my name?"),
+    ]
+    system = second["body"]["messages"][0]["content"]
+    assert "private Discord conversation with" in system and "server" not in system, system
