@@ -313,3 +313,28 @@ async def discord_api_round_trip(api: EmulatorControl, bot: MiniBot) -> None:
 async def _with_followup(api: EmulatorControl, interaction_id: str) -> dict[str, Any] | None:
     record = await api.interaction(interaction_id)
     return record if record["followups"] else None
+
+
+async def test_the_control_api_takes_channel_and_user_names(
+    emulator: DiscordEmulator, discord_api: EmulatorControl, http: httpx.AsyncClient
+) -> None:
+    """Ids change with every start, so a person trying the bot by hand can use names (README)."""
+    said = await http.post(
+        f"{emulator.url}/_emulator/messages",
+        json={"channel_id": "general", "author_id": "alice", "content": "hello"},
+    )
+    assert said.status_code == 200
+    assert said.json()["channel_id"] == discord_api.channel("general")
+    assert said.json()["author"]["id"] == discord_api.user("alice")
+    read = await http.get(f"{emulator.url}/_emulator/channels/general/messages")
+    assert [m["content"] for m in read.json()] == ["hello"]
+    unknown = await http.post(
+        f"{emulator.url}/_emulator/messages",
+        json={"channel_id": "nowhere", "author_id": "alice", "content": "hello"},
+    )
+    assert unknown.status_code == 400
+    command = await http.post(
+        f"{emulator.url}/_emulator/interactions",
+        json={"channel_id": "general", "user_id": "carol", "command": "blog new"},
+    )
+    assert command.status_code == 400 and "unknown channel or user" in command.text

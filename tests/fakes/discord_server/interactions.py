@@ -314,12 +314,12 @@ class InteractionsMixin:
         if body.get("type") == "component":
             return await self._press(body)
         world = self.world
-        try:
-            channel_id, user_id = int(body["channel_id"]), int(body["user_id"])
-            path = str(body["command"]).split()
-        except (KeyError, TypeError, ValueError):
+        if not all(key in body for key in ("channel_id", "user_id", "command")):
             return _json({"error": "channel_id, user_id and command are required"}, 400)
-        if channel_id not in world.channels or user_id not in world.member_roles or not path:
+        # Names work too ("general", "alice"): ids change with every start of the emulator.
+        channel_id, user_id = world.channel_id(body["channel_id"]), world.user_id(body["user_id"])
+        path = str(body["command"]).split()
+        if channel_id is None or user_id is None or user_id not in world.member_roles or not path:
             return _json({"error": "unknown channel or user"}, 400)
         command = self._find_command(path[0])
         if command is None:

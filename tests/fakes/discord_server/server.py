@@ -862,11 +862,12 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
 
     async def _control_message(self, request: web.Request) -> web.Response:
         body = await request.json()
-        try:
-            channel_id, author_id = int(body["channel_id"]), int(body["author_id"])
-        except (KeyError, TypeError, ValueError):
+        if "channel_id" not in body or "author_id" not in body:
             return _json({"error": "channel_id and author_id are required"}, 400)
-        if channel_id not in self.world.channels or author_id not in self.world.users:
+        # Names work too ("general", "alice"): ids change with every start of the emulator.
+        channel_id = self.world.channel_id(body["channel_id"])
+        author_id = self.world.user_id(body["author_id"])
+        if channel_id is None or author_id is None:
             return _json({"error": "unknown channel or author"}, 400)
         self._channel(channel_id)
         payload: dict[str, Any] = {"content": body.get("content", "")}
@@ -876,7 +877,7 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         return _json(stored.data)
 
     async def _control_channel_messages(self, request: web.Request) -> web.Response:
-        channel_id = int(request.match_info["channel_id"])
+        channel_id = self.world.channel_id(request.match_info["channel_id"]) or 0
         messages = self.world.messages.get(channel_id)
         if messages is None:
             return _json({"error": "unknown channel"}, 404)

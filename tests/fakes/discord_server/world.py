@@ -413,6 +413,16 @@ class World:
             return int(target), 1
         return None
 
+    def channel_id(self, ref: Any) -> int | None:
+        """A channel named (``"general"``) or given by id; None if there is no such channel."""
+        found = self.channel_names.get(str(ref)) or (int(ref) if str(ref).isdigit() else None)
+        return found if found in self.channels else None
+
+    def user_id(self, ref: Any) -> int | None:
+        """A user named (``"alice"``) or given by id; None if there is no such user."""
+        found = self.names.get(str(ref)) or (int(ref) if str(ref).isdigit() else None)
+        return found if found in self.users else None
+
     def set_overwrite(self, channel_id: int, target: tuple[int, int], allow: int, deny: int) -> None:
         """Replace the channel's overwrite for ``target``; an overwrite with nothing in it is removed."""
         channel = self.channels[channel_id]
