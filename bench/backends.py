@@ -7,6 +7,9 @@
    and without.
 3. llama2 chats and mistral blogs arriving interleaved on one backend that holds one model
    (``--max-loaded 1``): model loads and total time, the pool's order vs plain FIFO. Goal ≥ 2× fewer loads.
+4. A chat every 2 s during a blog backlog on one backend with ONE slot (the default config on a small
+   server): the chat preempts the running generation, which continues after it. Chat wait p95 (call →
+   first token; goal ≤ 2 s) and how many times the blog generations were paused.
 
     python -m bench.backends [--load-seconds 6] [--tps 40]
 """
@@ -22,7 +25,7 @@ import httpx
 
 from bench.common import percentile, write_results
 from bot.config import BackendConfig
-from bot.llm import ChatMessage, Timeouts
+from bot.llm import ChatMessage, Preempted, Timeouts
 from bot.llm.pool import BackendPool, Priority
 from tests.fakes.ollama_server import FakeOllamaServer
 
@@ -145,6 +148,50 @@ async def chat_waits(load_seconds: float, tps: float, reserved: int, chats: int 
     }
 
 
+async def one_slot_chat_waits(load_seconds: float, tps: float, chats: int = 8) -> dict[str, Any]:
+    async with FakeOllamaServer(
+        models=["llama2", "mistral:latest"],
+        tokens_per_second=tps,
+        load_seconds=load_seconds,
+        num_parallel=1,
+        max_loaded=2,
+    ) as fake:
+        fake.script("mistral:latest", [FILLER] * 100)
+        async with httpx.AsyncClient() as http, pool_for([fake.url], http, slots=1) as pool:
+            await generate(pool, "llama2", 1, Priority.CHAT)
+            await generate(pool, "mistral:latest", 1, Priority.BLOG)
+            paused = 0
+
+            async def blog_worker() -> None:
+                # A worker slot: long generations, each continued after a preemption (as the blog worker
+                # continues from the text so far).
+                nonlocal paused
+                while True:
+                    try:
+                        await generate(pool, "mistral:latest", int(tps * 10), Priority.BLOG)
+                    except Preempted:
+                        paused += 1
+
+            workers = [asyncio.create_task(blog_worker()) for _ in range(2)]
+            await asyncio.sleep(1.0)
+            waits = []
+            for _ in range(chats):
+                started, first = await generate(pool, "llama2", 20, Priority.CHAT)
+                waits.append((first - started) * 1000)
+                await asyncio.sleep(2.0)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+    return {
+        "slots": 1,
+        "chats": chats,
+        "wait_p50_ms": percentile(waits, 0.5),
+        "wait_p95_ms": percentile(waits, 0.95),
+        "wait_max_ms": max(waits),
+        "blog_generations_paused": paused,
+    }
+
+
 async def model_switching(load_seconds: float, tps: float, fifo: bool, each: int = 6) -> dict[str, Any]:
     async with FakeOllamaServer(
         models=["llama2", "mistral:latest"],
@@ -190,6 +237,12 @@ async def main(load_seconds: float, tps: float) -> dict[str, Any]:
         f"(3) mixed llama2 chat + mistral blog, one model fits: FIFO {fifo['model_loads']} loads in "
         f"{fifo['total_s']:.1f} s; pool {pool['model_loads']} loads in {pool['total_s']:.1f} s "
         f"({fifo['model_loads'] / max(1, pool['model_loads']):.1f}× fewer; goal ≥ 2×)"
+    )
+    results["one_slot_chat_wait"] = row = await one_slot_chat_waits(load_seconds, tps)
+    print(
+        f"(4) chat during a blog backlog on a one-slot backend: wait p50 {row['wait_p50_ms']:.0f} ms, "
+        f"p95 {row['wait_p95_ms']:.0f} ms, max {row['wait_max_ms']:.0f} ms (goal p95 ≤ 2000 ms); "
+        f"blog generations paused {row['blog_generations_paused']} times and continued"
     )
     write_results("backends", results)
     return results
