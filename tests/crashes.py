@@ -234,7 +234,14 @@ async def run_checkpoint_scenario(
     started = loop.time()
     database = workdir / "checkpoint.sqlite3"
     config_path = workdir / "checkpoint.toml"
-    blog = {"workers": 1, "lease_seconds": 5.0, "progress_interval": 0.5, "retry_base_seconds": 0.2}
+    # Every crash costs the job an attempt (a job that keeps killing the bot must end): allow them all.
+    blog = {
+        "workers": 1,
+        "lease_seconds": 5.0,
+        "progress_interval": 0.5,
+        "retry_base_seconds": 0.2,
+        "max_attempts": kills + 2,
+    }
     config_path.write_text(config_toml(emulator.url, ollama.url, database, blog=blog))
     heartbeat = min(float(blog["lease_seconds"]) / 3, float(blog["progress_interval"]))
     bot = BotProcess(config_path, workdir / "bot.log")
