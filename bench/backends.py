@@ -131,17 +131,25 @@ async def chat_waits(load_seconds: float, tps: float, reserved: int, chats: int 
                 for _ in range(6)
             ]
             await asyncio.sleep(0.5)
-            waits = []
-            for _ in range(chats):
-                started, first = await generate(pool, "llama2", 20, Priority.CHAT)
-                waits.append((first - started) * 1000)
-                await asyncio.sleep(2.0)
+            waits = await chat_every_two_seconds(pool, chats)
             for task in backlog:
                 task.cancel()
             await asyncio.gather(*backlog, return_exceptions=True)
+    return {"reserved_chat_slots": reserved, "chats": chats, **wait_figures(waits)}
+
+
+async def chat_every_two_seconds(pool: BackendPool, chats: int) -> list[float]:
+    """Ask ``chats`` short llama2 chats, one every 2 s; each one's wait (call → first token) in ms."""
+    waits = []
+    for _ in range(chats):
+        started, first = await generate(pool, "llama2", 20, Priority.CHAT)
+        waits.append((first - started) * 1000)
+        await asyncio.sleep(2.0)
+    return waits
+
+
+def wait_figures(waits: list[float]) -> dict[str, float]:
     return {
-        "reserved_chat_slots": reserved,
-        "chats": chats,
         "wait_p50_ms": percentile(waits, 0.5),
         "wait_p95_ms": percentile(waits, 0.95),
         "wait_max_ms": max(waits),
@@ -174,22 +182,11 @@ async def one_slot_chat_waits(load_seconds: float, tps: float, chats: int = 8) -
 
             workers = [asyncio.create_task(blog_worker()) for _ in range(2)]
             await asyncio.sleep(1.0)
-            waits = []
-            for _ in range(chats):
-                started, first = await generate(pool, "llama2", 20, Priority.CHAT)
-                waits.append((first - started) * 1000)
-                await asyncio.sleep(2.0)
+            waits = await chat_every_two_seconds(pool, chats)
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-    return {
-        "slots": 1,
-        "chats": chats,
-        "wait_p50_ms": percentile(waits, 0.5),
-        "wait_p95_ms": percentile(waits, 0.95),
-        "wait_max_ms": max(waits),
-        "blog_generations_paused": paused,
-    }
+    return {"slots": 1, "chats": chats, **wait_figures(waits), "blog_generations_paused": paused}
 
 
 async def model_switching(load_seconds: float, tps: float, fifo: bool, each: int = 6) -> dict[str, Any]:
