@@ -438,3 +438,26 @@ async def test_a_connection_reset_while_posting_still_posts_the_article_exactly_
     assert len(resets) == 1, "the fault never fired"
     assert len(posts) == 1, [p["id"] for p in posts]
     assert final.startswith("✅")
+
+
+async def test_without_attach_files_the_article_goes_by_dm_and_the_status_says_why(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl, http: Any
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"]) as fake:
+        fake.script("mistral:latest", [ARTICLE])
+        async with running_bot(make_config(tmp_path, emulator.url, [fake.url], blog=FAST_BLOG)):
+            await discord_api.permissions("general", "bot", deny=["ATTACH_FILES"])
+            invocation = await discord_api.invoke("general", "alice", "blog new", topic="owls")
+            record = await discord_api.answered(invocation["interaction_id"])
+            dm = discord_api.state["dm_channels"]["alice"]
+
+            async def in_dm() -> list[dict[str, Any]] | None:
+                messages = (await http.get(f"{emulator.url}/_emulator/channels/{dm}/messages")).json()
+                return [m for m in messages if m["attachments"]] or None
+
+            (notice,) = await wait_until(in_dm, within=15)
+            final = await wait_until(lambda: _contains(status_text(discord_api, record), "Attach Files"))
+    assert notice["attachments"][0]["filename"].endswith(".md")
+    assert "Attach Files" in notice["content"]
+    assert "sent to the requester by DM" in final, final
+    assert not await posted_articles(discord_api)
