@@ -103,6 +103,11 @@ class LLMBot(commands.Bot):
         if self.ws is not None and not self.is_ready():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wait_until_ready(), self.config.discord.guild_ready_timeout + 1)
+        # Unload in reverse: the blog worker stops taking jobs (and puts back the ones it is writing) before
+        # chat gives the replies in progress their grace period; commands.Bot would unload chat first.
+        for name in reversed(EXTENSIONS):
+            with contextlib.suppress(commands.ExtensionNotLoaded):
+                await self.unload_extension(name)
         await super().close()
 
     async def on_message(self, message: discord.Message, /) -> None:

@@ -552,3 +552,23 @@ async def test_a_direct_message_conversation_needs_no_reply_button(
     ]
     system = second["body"]["messages"][0]["content"]
     assert "private Discord conversation with" in system and "server" not in system, system
+
+
+async def test_while_replies_finish_at_shutdown_no_blog_job_is_taken(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    """A clean stop gives replies in progress a grace period; the blog worker must already have stopped
+    taking jobs by then, or it starts generations that are thrown back a moment later."""
+    async with FakeOllamaServer(models=["llama2", "mistral:latest"], tokens_per_second=20) as slow:
+        slow.script("llama2", [" ".join(f"word{i}" for i in range(60)) + "."])
+        async with running_bot(make_config(tmp_path, emulator.url, [slow.url])) as runner:
+            assert runner.bot is not None
+            question = await discord_api.mention("general", "alice", "tell me something long")
+            await wait_until(lambda: _writing(slow, "llama2"), within=10)
+            closing = asyncio.create_task(runner.bot.close())
+            await asyncio.sleep(0.5)  # the reply is still streaming (3 s at 20 tokens/s)
+            await discord_api.invoke("general", "bob", "blog new", topic="owls at night")
+            await asyncio.wait_for(closing, 15)
+            replies = await final_reply(discord_api, "general", question["id"], contains="word59.")
+    assert replies, "the reply in progress was finished"
+    assert not [r for r in slow.requests if r["model"] == "mistral:latest"], "a blog job was started"
