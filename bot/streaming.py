@@ -66,6 +66,8 @@ class StreamedReply:
         # Shown in place of the reply while there is no text yet (why it is taking a while).
         self._waiting = ""
         self._final = False
+        #: Set with ``_final``: wakes a renderer that is waiting out the edit interval.
+        self._finished = asyncio.Event()
         self._changed = asyncio.Event()
         self._first_text = asyncio.Event()
         self._messages: list[discord.Message] = []
@@ -123,6 +125,7 @@ class StreamedReply:
     def finish(self) -> None:
         """The reply is complete: show the final text."""
         self._final = True
+        self._finished.set()
         self._changed.set()
 
     def fail(self, note: str) -> None:
@@ -172,11 +175,13 @@ class StreamedReply:
         while True:
             await self._changed.wait()
             self._changed.clear()
-            # Coalesce: wait until every message that needs an edit may be edited again.
+            # Coalesce: wait until every message that needs an edit may be edited again. The final text
+            # does not wait for that: it goes out as soon as the channel's rate budget has room.
             due = [self._edited_at[i] + self._edit_interval for i in self._pending()]
             delay = max(due, default=0.0) - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay > 0 and not self._final:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), delay)
             try:
                 await self._flush()
                 if self._final and not self._pending() and self._shown:
