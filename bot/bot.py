@@ -23,7 +23,7 @@ from bot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS: tuple[str, ...] = ("bot.exts.chat", "bot.exts.blog", "bot.exts.moderation")
+EXTENSIONS: tuple[str, ...] = ("bot.exts.chat", "bot.exts.blog", "bot.exts.moderation", "bot.exts.help")
 COMMANDS_HASH_KEY = "synced_commands_hash"
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.prompt import Turn, build_prompt, render_system_prompt
@@ -50,6 +51,8 @@ NOTE_LIFETIME_SECONDS = 15.0
 MAX_WAITING_PER_USER = 2
 # A reply that has shown nothing for this long says why (waiting for a server, reading the prompt).
 WAIT_NOTICE_SECONDS = 2.0
+#: How ``/chat reset`` marks a fresh start in a DM or thread: reading the conversation back stops there.
+RESET_MARKER = "🧹 Fresh start"
 
 
 def describe_failure(error: LLMError, model: str) -> str:
@@ -79,6 +82,8 @@ def describe_failure(error: LLMError, model: str) -> str:
 class Chat(commands.Cog):
     """Answers mentions, replies and DMs with a streamed model reply."""
 
+    chat = app_commands.Group(name="chat", description="Your conversation with the bot")
+
     def __init__(self, bot: LLMBot) -> None:
         self.bot = bot
         self.config = bot.config.chat
@@ -104,6 +109,21 @@ class Chat(commands.Cog):
         """Return once no reply is being written (replies that start meanwhile are waited for too)."""
         while self._answering:
             await asyncio.wait(set(self._answering))
+
+    @chat.command(name="reset")
+    async def reset(self, interaction: discord.Interaction) -> None:
+        """Start a fresh conversation: in a DM or my thread, forget what came before."""
+        channel = interaction.channel
+        if isinstance(channel, discord.DMChannel) or self._own_thread(channel):
+            await interaction.response.send_message(
+                f"{RESET_MARKER}: I won't remember anything above this message."
+            )
+            return
+        await interaction.response.send_message(
+            "Here every mention that isn't a reply already starts a fresh conversation; reply to one of my "
+            "answers to go on with it.",
+            ephemeral=True,
+        )
 
     # -- triggering ------------------------------------------------------------------------------------
 
@@ -350,6 +370,13 @@ class Chat(commands.Cog):
             chain = [m async for m in message.channel.history(limit=limit * 4, before=message)]
         else:
             chain = await self._reply_chain(message, limit * 4)
+        # A /chat reset marker ends the conversation read back (the chain is newest first).
+        fresh = next(
+            (i for i, m in enumerate(chain) if m.author.id == me.id and m.content.startswith(RESET_MARKER)),
+            None,
+        )
+        if fresh is not None:
+            chain = chain[:fresh]
         turns: list[Turn] = []
         for earlier in reversed(chain):
             if earlier.author.id == me.id:

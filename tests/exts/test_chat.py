@@ -527,7 +527,7 @@ async def test_a_direct_message_conversation_needs_no_reply_button(
     discord_api: EmulatorControl,
     http: Any,
 ) -> None:
-    ollama.script("llama2", ["Nice to meet you, Alice.", "Your name is Alice."])
+    ollama.script("llama2", ["Nice to meet you, Alice.", "Your name is Alice.", "I don't know your name."])
     dm_channel = discord_api.state["dm_channels"]["alice"]
 
     async def say(text: str) -> dict[str, Any]:
@@ -544,7 +544,14 @@ async def test_a_direct_message_conversation_needs_no_reply_button(
     async with running_bot(make_config(tmp_path, emulator.url, [ollama.url])):
         await say("hi, I'm Alice")
         await say("what is my name?")
-    _, second = chat_requests(ollama.requests)
+        reset = await http.post(
+            f"{emulator.url}/_emulator/interactions",
+            json={"channel_id": dm_channel, "user_id": "alice", "command": "chat reset"},
+        )
+        await discord_api.answered(reset.json()["interaction_id"])
+        await say("what is my name now?")
+    _, second, third = chat_requests(ollama.requests)
+    assert conversation(third) == [("user", "what is my name now?")], "/chat reset starts afresh"
     assert conversation(second) == [
         ("user", "hi, I'm Alice"),
         ("assistant", "Nice to meet you, Alice."),
@@ -572,3 +579,41 @@ async def test_while_replies_finish_at_shutdown_no_blog_job_is_taken(
             replies = await final_reply(discord_api, "general", question["id"], contains="word59.")
     assert replies, "the reply in progress was finished"
     assert not [r for r in slow.requests if r["model"] == "mistral:latest"], "a blog job was started"
+
+
+async def test_chat_reset_starts_a_thread_conversation_afresh(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    discord_api: EmulatorControl,
+    http: Any,
+) -> None:
+    ollama.script("llama2", ["first answer, in a thread", "second answer"])
+    config = make_config(tmp_path, emulator.url, [ollama.url], chat={"reply_in_threads": True})
+    async with running_bot(config):
+        question = await discord_api.mention("general", "alice", "let us talk about owls")
+        thread_id = str(question["id"])
+
+        async def answer(text: str) -> bool:
+            response = await http.get(f"{emulator.url}/_emulator/channels/{thread_id}/messages")
+            messages = response.json() if response.status_code == 200 else []
+            return any(text in m["content"] for m in messages)
+
+        await wait_until(lambda: answer("first answer"))
+        pressed = await http.post(
+            f"{emulator.url}/_emulator/interactions",
+            json={"channel_id": thread_id, "user_id": "alice", "command": "chat reset"},
+        )
+        record = await discord_api.answered(pressed.json()["interaction_id"])
+        assert record["callbacks"][0]["data"]["content"].startswith("🧹 Fresh start")
+        await wait_until(lambda: answer("Fresh start"))
+        await http.post(
+            f"{emulator.url}/_emulator/messages",
+            json={"channel_id": thread_id, "author_id": "alice", "content": "what do they eat?"},
+        )
+        await wait_until(lambda: answer("second answer"))
+        # In a channel a mention is already a fresh start: the command only says so, privately.
+        elsewhere = await discord_api.invoke("general", "bob", "chat reset")
+        note = (await discord_api.answered(elsewhere["interaction_id"]))["callbacks"][0]["data"]
+    assert conversation(chat_requests(ollama.requests)[-1]) == [("user", "what do they eat?")]
+    assert note["flags"] & 64 and "already starts a fresh conversation" in note["content"]

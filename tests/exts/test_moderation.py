@@ -159,7 +159,7 @@ url = "{ollama.url}"
     assert not (await discord_api.refresh())["commands"]
     synced = await _run("sync", "--config", str(config))
     assert synced.returncode == 0, synced.stderr
-    assert {c["name"] for c in (await discord_api.refresh())["commands"]} == {"blog", "llm"}
+    assert {c["name"] for c in (await discord_api.refresh())["commands"]} == {"blog", "chat", "help", "llm"}
 
 
 class _Result:
