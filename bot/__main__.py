@@ -23,6 +23,7 @@ from bot.doctor import run_checks
 from bot.errors import StartupError
 from bot.llm.pool import BackendPool
 from bot.log import setup_logging
+from bot.metrics import Metrics, OpsServer
 from bot.supervise import Supervisor
 
 log = logging.getLogger("bot")
@@ -81,9 +82,12 @@ async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIter
             db=db,
             background_work=background_work,
             supervisor=supervisor,
+            metrics=Metrics(),
         ) as bot,
     ):
-        yield bot
+        listen = config.metrics.listen if background_work else ""
+        async with OpsServer(bot, listen) if listen else contextlib.nullcontext():
+            yield bot
 
 
 async def run_bot(config: Config, token: str) -> None:

@@ -17,6 +17,7 @@ from discord.ext import commands
 from bot.config import Config
 from bot.db import Database
 from bot.llm.pool import BackendPool
+from bot.metrics import Metrics
 from bot.ratelimit import ChannelBudgets
 from bot.settings import SettingsStore
 from bot.supervise import Supervisor
@@ -39,6 +40,7 @@ class LLMBot(commands.Bot):
         db: Database,
         background_work: bool = True,
         supervisor: Supervisor | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         # The bot has no voice: discord.py's start-up warnings about missing voice libraries are noise.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
@@ -61,6 +63,8 @@ class LLMBot(commands.Bot):
         self.background_work = background_work
         #: Runs every long-lived loop (worker slots, status board, health checks) and knows their health.
         self.supervisor = supervisor or Supervisor()
+        #: Prometheus metrics, served by the operations endpoint when ``[metrics] listen`` is set.
+        self.metrics = metrics or Metrics()
         self.settings = SettingsStore(db)
         #: ``time.monotonic()`` at construction, for uptime in /llm status.
         self.started_at = time.monotonic()

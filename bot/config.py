@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -160,6 +161,14 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The operations endpoint (/healthz, /metrics)."""
+
+    # "host:port" to serve /healthz and /metrics on; empty = off.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -169,6 +178,7 @@ class Config:
     chat: ChatConfig = ChatConfig()
     blog: BlogConfig = BlogConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def load_config(path: str | Path) -> Config:
@@ -203,6 +213,10 @@ def resolve_token(config: Config, environ: typing.Mapping[str, str] = os.environ
 
 
 def _check_cross_field(config: Config, path: Path) -> None:
+    listen = config.metrics.listen
+    if listen and not re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", listen):
+        example = '"host:port", e.g. "127.0.0.1:9108"'
+        raise ConfigError(f"{path}: metrics.listen must be {example}, got {listen!r}")
     if not config.backends:
         raise ConfigError(f"{path}: backends needs at least one [[backends]] entry")
     names = [backend.display_name for backend in config.backends]

@@ -19,7 +19,15 @@ import httpx
 
 from bot.__main__ import open_bot
 from bot.bot import LLMBot
-from bot.config import BackendConfig, BlogConfig, ChatConfig, Config, DatabaseConfig, DiscordConfig
+from bot.config import (
+    BackendConfig,
+    BlogConfig,
+    ChatConfig,
+    Config,
+    DatabaseConfig,
+    DiscordConfig,
+    MetricsConfig,
+)
 
 T = TypeVar("T")
 
@@ -34,6 +42,7 @@ def make_config(
     chat: dict[str, Any] | None = None,
     blog: dict[str, Any] | None = None,
     backends: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Config:
     """A config pointing at the stand-ins, with test-friendly defaults and any overrides."""
     return Config(
@@ -51,6 +60,7 @@ def make_config(
             ChatConfig(), **{"cooldown_seconds": 0.0, "edit_interval": 0.3, **(chat or {})}
         ),
         blog=dataclasses.replace(BlogConfig(), **(blog or {})),
+        metrics=MetricsConfig(**(metrics or {})),
     )
 
 

@@ -16,6 +16,7 @@ from bot.config import (
     DatabaseConfig,
     DiscordConfig,
     LoggingConfig,
+    MetricsConfig,
     load_config,
     resolve_token,
 )
@@ -50,6 +51,7 @@ def test_the_example_and_the_readme_show_every_key_with_its_default() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     sections = {"discord": DiscordConfig, "database": DatabaseConfig, "chat": ChatConfig, "blog": BlogConfig}
     sections["logging"] = LoggingConfig
+    sections["metrics"] = MetricsConfig
     for name, cls in sections.items():
         written = set(raw.get(name, {}))
         if name == "discord":
@@ -121,6 +123,7 @@ def test_values_are_converted(tmp_path: Path) -> None:
         ("[[backends]]\nurl = 'http://a'\n[[backends]]\nurl = 'http://a'\n", "'a' is used twice"),
         ("chat = 3\n", "chat must be a table"),
         ("[logging]\nlevel = 'LOUD'\n", "logging.level must be one of"),
+        ("[metrics]\nlisten = '9108'\n", 'metrics.listen must be "host:port"'),
         ("[chat\n", "invalid TOML"),
     ],
 )

@@ -153,3 +153,21 @@ def test_a_database_path_that_cannot_be_opened_is_one_line(tmp_path: Path) -> No
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "database.path: cannot open" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[database]\npath = "{tmp_path / "bot.sqlite3"}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        result = run_bot("--config", str(config), env={"DISCORD_TOKEN": "not-a-real-token"})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"metrics.listen: cannot listen on 127.0.0.1:{port}" in errors[0], errors

@@ -315,6 +315,11 @@ class Chat(commands.Cog):
                 watcher.cancel()
         finished_at = loop.time()
         first_text = reply.first_visible_at
+        metrics = self.bot.metrics
+        metrics.chat_replies.labels(outcome).inc()
+        if first_text is not None:
+            metrics.chat_first_text.observe(first_text - received_at)
+        metrics.chat_final_text.observe(finished_at - received_at)
         log.info(
             "chat reply guild=%s channel=%s user=%s message=%s model=%s backend=%s outcome=%s history=%d "
             "dropped=%d first_text_ms=%s total_ms=%d chars=%d parts=%d",
