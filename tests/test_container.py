@@ -24,6 +24,8 @@ def test_compose_file_parses_and_runs_the_bot_beside_ollama() -> None:
     assert "DISCORD_TOKEN" in bot["environment"], "the token comes from the environment"
     assert "./config.toml:/app/config.toml:ro" in bot["volumes"]
     assert services["ollama"]["image"].startswith("ollama/ollama")
+    # The health check asks the endpoint the comment's metrics.listen serves.
+    assert "http://127.0.0.1:9108/healthz" in " ".join(bot["healthcheck"]["test"])
     named = {volume.split(":")[0] for service in services.values() for volume in service.get("volumes", [])}
     assert {name for name in named if not name.startswith(".")} <= set(compose["volumes"])
 
@@ -46,9 +48,11 @@ def test_the_config_the_compose_comment_describes_is_valid(tmp_path: Path) -> No
     assert re.search(r'^url = "http://localhost:11434"', text, re.MULTILINE)
     text = re.sub(r'^url = "http://localhost:11434"', 'url = "http://ollama:11434"', text, flags=re.M)
     text = re.sub(r"^path = .*$", 'path = "/data/bot.sqlite3"', text, count=1, flags=re.M)
+    text = re.sub(r'^listen = ""', 'listen = "127.0.0.1:9108"', text, count=1, flags=re.M)
     config_path = tmp_path / "config.toml"
     config_path.write_text(text)
     tomllib.loads(text)
     config = load_config(str(config_path))
     assert config.backends[0].url == "http://ollama:11434"
     assert config.database.path == "/data/bot.sqlite3"
+    assert config.metrics.listen == "127.0.0.1:9108"
