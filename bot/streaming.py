@@ -65,8 +65,7 @@ class StreamedReply:
         self._note = ""
         # Shown in place of the reply while there is no text yet (why it is taking a while).
         self._waiting = ""
-        self._final = False
-        #: Set with ``_final``: wakes a renderer that is waiting out the edit interval.
+        #: Set once the reply is complete; also wakes a renderer that is waiting out the edit interval.
         self._finished = asyncio.Event()
         self._changed = asyncio.Event()
         self._first_text = asyncio.Event()
@@ -124,7 +123,6 @@ class StreamedReply:
 
     def finish(self) -> None:
         """The reply is complete: show the final text."""
-        self._final = True
         self._finished.set()
         self._changed.set()
 
@@ -132,6 +130,11 @@ class StreamedReply:
         """The reply ended in an error: keep what arrived and add ``note`` (shown in italics)."""
         self._note = f"⚠️ *{note}*"
         self.finish()
+
+    @property
+    def _final(self) -> bool:
+        """Whether the reply is complete (the text will not grow any more)."""
+        return self._finished.is_set()
 
     def _body(self) -> str:
         """The text to show: reasoning hidden, cleaned, with the failure note (if any) at the end."""

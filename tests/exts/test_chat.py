@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import re
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,13 @@ async def final_reply(
         return chain if contains in "\n".join(m["content"] for m in chain) else None
 
     return await wait_until(settled, within=within)
+
+
+async def thread_shows(http: Any, emulator_url: str, thread_id: str, text: str) -> bool:
+    """Whether a message in the thread (once it exists) contains ``text``."""
+    response = await http.get(f"{emulator_url}/_emulator/channels/{thread_id}/messages")
+    messages = response.json() if response.status_code == 200 else []
+    return any(text in m["content"] for m in messages)
 
 
 def chat_requests(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -348,12 +356,8 @@ async def test_in_a_thread_it_started_the_thread_is_the_conversation(
         question = await discord_api.mention("general", "alice", "let us talk about owls")
         thread_id = str(question["id"])  # a thread started from a message takes the message's id
 
-        async def thread_messages() -> list[dict[str, Any]]:
-            response = await http.get(f"{emulator.url}/_emulator/channels/{thread_id}/messages")
-            return response.json() if response.status_code == 200 else []
-
-        async def answer(text: str) -> bool:
-            return any(text in m["content"] for m in await thread_messages())
+        def answer(text: str) -> Awaitable[bool]:
+            return thread_shows(http, emulator.url, thread_id, text)
 
         await wait_until(lambda: answer("first answer"))
         # In the thread no mention or reply is needed: every message continues the conversation.
@@ -594,10 +598,8 @@ async def test_chat_reset_starts_a_thread_conversation_afresh(
         question = await discord_api.mention("general", "alice", "let us talk about owls")
         thread_id = str(question["id"])
 
-        async def answer(text: str) -> bool:
-            response = await http.get(f"{emulator.url}/_emulator/channels/{thread_id}/messages")
-            messages = response.json() if response.status_code == 200 else []
-            return any(text in m["content"] for m in messages)
+        def answer(text: str) -> Awaitable[bool]:
+            return thread_shows(http, emulator.url, thread_id, text)
 
         await wait_until(lambda: answer("first answer"))
         pressed = await http.post(
