@@ -5,14 +5,21 @@ discord.py only reacts to the limit (it sleeps once a bucket reports 0 remaining
 does not know that a *final* edit matters more than an intermediate one. Every message write the bot makes
 in a channel goes through the channel's :class:`RateBudget` instead, which keeps a sliding window that is
 never looser than Discord's and lets urgent writes (the last edit of a reply) go first.
+
+Urgent writes going first is not enough when several replies stream in one channel: their intermediate
+edits would fill the window, and a reply that finishes would wait up to five seconds for its last edit.
+So each reply streaming in a channel holds back one write of the window for urgent use (at most
+``limit - 2``, so intermediate edits keep flowing): the final text of a reply finds room at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from typing import Literal
 
 WriteKind = Literal["create", "edit"]
@@ -25,7 +32,8 @@ SAFETY_MARGIN = 0.1
 
 
 class RateBudget:
-    """At most ``limit`` acquisitions in any ``period`` seconds; urgent waiters are served first."""
+    """At most ``limit`` acquisitions in any ``period`` seconds; urgent waiters are served first, and
+    :meth:`streaming` holds writes back for them."""
 
     def __init__(self, limit: int = DEFAULT_LIMIT, period: float = DEFAULT_PERIOD + SAFETY_MARGIN) -> None:
         self.limit = limit
@@ -34,6 +42,23 @@ class RateBudget:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._streams = 0
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """While inside, one more reply may need an urgent write: keep a write of the window for it."""
+        self._streams += 1
+        try:
+            yield
+        finally:
+            self._streams -= 1
+            with contextlib.suppress(RuntimeError):  # no running loop: nobody is waiting either
+                self._grant()
+
+    @property
+    def reserved(self) -> int:
+        """Writes of the window that only urgent acquisitions may use."""
+        return max(0, min(self._streams, self.limit - 2))
 
     async def acquire(self, *, urgent: bool = False) -> None:
         """Wait until one more write fits in the window, then count it."""
@@ -49,8 +74,13 @@ class RateBudget:
             raise
 
     def idle_since(self, now: float) -> bool:
-        """True when nothing is waiting and the window is empty at ``now`` (the budget can be dropped)."""
-        return not self._waiters and (not self._granted or now - self._granted[-1] >= self.period)
+        """True when nothing is waiting or streaming and the window is empty at ``now`` (the budget can be
+        dropped)."""
+        return (
+            not self._waiters
+            and not self._streams
+            and (not self._granted or now - self._granted[-1] >= self.period)
+        )
 
     def _grant(self) -> None:
         loop = asyncio.get_running_loop()
@@ -59,12 +89,14 @@ class RateBudget:
             self._timer = None
         now = loop.time()
         while self._waiters:
-            waiter = self._waiters[0][2]
+            priority, _, waiter = self._waiters[0]
             if waiter.done():  # cancelled while waiting
                 heapq.heappop(self._waiters)
                 continue
-            if len(self._granted) == self.limit and now - self._granted[0] < self.period:
-                self._timer = loop.call_at(self._granted[0] + self.period, self._grant)
+            # Room for this waiter: fewer than `allowed` grants within the last period.
+            allowed = self.limit if priority == 0 else self.limit - self.reserved
+            if len(self._granted) >= allowed and now - self._granted[-allowed] < self.period:
+                self._timer = loop.call_at(self._granted[-allowed] + self.period, self._grant)
                 return
             heapq.heappop(self._waiters)
             self._granted.append(now)

@@ -74,6 +74,7 @@ class StreamedReply:
         self._edited_at: list[float] = []
         self._renderer: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
+        self._streaming = contextlib.ExitStack()
         self.broken: BaseException | None = None
         #: ``loop.time()`` when the first text became visible, for the reply's log line.
         self.first_visible_at: float | None = None
@@ -89,6 +90,8 @@ class StreamedReply:
         return list(self._messages)
 
     async def __aenter__(self) -> StreamedReply:
+        # While the reply streams, the channel keeps an edit of its window free for our final text.
+        self._streaming.enter_context(self._budgets.get(self._channel_id, "edit").streaming())
         self._typing = asyncio.create_task(self._keep_typing(), name="chat-typing")
         self._renderer = asyncio.create_task(self._render(), name="chat-render")
         return self
@@ -107,6 +110,7 @@ class StreamedReply:
             self._renderer.cancel()
         self._typing.cancel()
         await asyncio.gather(self._renderer, self._typing, return_exceptions=True)
+        self._streaming.close()
 
     def append(self, text: str) -> None:
         """Add model text; the renderer shows it at its next turn."""
@@ -233,7 +237,7 @@ class StreamedReply:
                 index += 1
                 continue
             kind: WriteKind = "edit" if index < len(self._messages) else "create"
-            await self._budgets.get(self._channel_id, kind).acquire(urgent=self._final)
+            await self._acquire(kind)
             content = self._chunks()[index]  # the freshest text, now that the write is allowed
             if kind == "edit":
                 self._messages[index] = await self._messages[index].edit(
@@ -253,6 +257,24 @@ class StreamedReply:
                     self.first_visible_at = loop.time()
                     self._first_text.set()
             index += 1
+
+    async def _acquire(self, kind: WriteKind) -> None:
+        """Wait for the channel's budget to allow one write; the final text goes first, even when the
+        reply finishes while an intermediate write is waiting."""
+        budget = self._budgets.get(self._channel_id, kind)
+        if not self._final:
+            write = asyncio.ensure_future(budget.acquire())
+            finished = asyncio.ensure_future(self._finished.wait())
+            try:
+                await asyncio.wait({write, finished}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                finished.cancel()
+                if not write.done():
+                    write.cancel()
+                await asyncio.gather(write, finished, return_exceptions=True)
+            if not write.cancelled():
+                return
+        await budget.acquire(urgent=True)
 
     async def _post(self, content: str) -> discord.Message:
         # The first message replies to the question; later ones reply to the previous part, so the
