@@ -47,8 +47,10 @@ class LLMBot(commands.Bot):
         intents = discord.Intents.default()
         # Reading the text of a mention needs the privileged Message Content intent (developer portal → Bot).
         intents.message_content = True
+        metrics = metrics or Metrics()
         super().__init__(
             command_prefix=commands.when_mentioned,
+            http_trace=metrics.discord_trace(),
             intents=intents,
             help_command=None,
             # Never ping anyone unless a message explicitly allows it (model output can hold @everyone).
@@ -64,7 +66,7 @@ class LLMBot(commands.Bot):
         #: Runs every long-lived loop (worker slots, status board, health checks) and knows their health.
         self.supervisor = supervisor or Supervisor()
         #: Prometheus metrics, served by the operations endpoint when ``[metrics] listen`` is set.
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.settings = SettingsStore(db)
         #: ``time.monotonic()`` at construction, for uptime in /llm status.
         self.started_at = time.monotonic()

@@ -14,6 +14,7 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -88,6 +89,27 @@ class Metrics:
             ["loop"],
             registry=self.registry,
         )
+
+        self.discord_rate_limited = Counter(
+            "llmbot_discord_rate_limited",
+            "429 answers from Discord's API, by X-RateLimit-Scope (user, shared, global)",
+            ["scope"],
+            registry=self.registry,
+        )
+
+    def discord_trace(self) -> aiohttp.TraceConfig:
+        """Hooks for discord.py's HTTP session (``http_trace``) that count Discord's 429 answers."""
+
+        async def on_request_end(
+            session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
+        ) -> None:
+            if params.response.status == 429:
+                scope = params.response.headers.get("X-RateLimit-Scope", "user")
+                self.discord_rate_limited.labels(scope).inc()
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(on_request_end)
+        return trace
 
     async def refresh(self, bot: LLMBot) -> None:
         """Read the state gauges from the bot's services."""

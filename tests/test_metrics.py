@@ -43,6 +43,10 @@ async def test_healthz_and_metrics_tell_the_truth(
         health = await http.get(f"{base}/healthz")
         assert health.status_code == 200, health.text
         assert health.json() == {"gateway": True, "database": True, "loops": True}
+        # Another process sharing the token used up a bucket: the 429 is counted, the reply still lands.
+        await discord_api.fault(
+            kind="rate_limit_shared", method="POST", path="/channels/*/messages", count=1, retry_after=0.2
+        )
         question = await discord_api.mention("general", "alice", "hello")
         await final_reply(discord_api, "general", question["id"], contains="an answer")
         await discord_api.invoke("general", "bob", "blog new", topic="owls at night")
@@ -57,6 +61,7 @@ async def test_healthz_and_metrics_tell_the_truth(
     assert values[("llmbot_chat_replies_total", (("outcome", "ok"),))] == 1
     assert values[("llmbot_chat_first_text_seconds_count", ())] == 1
     assert values[("llmbot_chat_final_text_seconds_count", ())] == 1
+    assert values[("llmbot_discord_rate_limited_total", (("scope", "shared"),))] == 1
     assert values[("llmbot_backend_up", backend)] == 1
     assert values[("llmbot_backend_slots", backend)] == config.backends[0].max_concurrent
     jobs = {labels[0][1]: value for (name, labels), value in values.items() if name == "llmbot_blog_jobs"}
