@@ -124,7 +124,36 @@ class EmulatorControl:
         return self.state
 
     def channel(self, name: str) -> str:
-        return str(self.state["channels"][name])
+        """A channel's id: a name in the first guild (``"general"``), ``"<guild>/<name>"`` with the guild
+        by index or id (``"17/general"``, see :meth:`guild`), or an id as it is."""
+        if name in self.state["channels"]:
+            return str(self.state["channels"][name])
+        guild, slash, channel = name.partition("/")
+        if slash:
+            return str(self.state["guilds"][self._guild_index(guild)]["channels"][channel])
+        if name.isdigit():
+            return name
+        raise KeyError(f"no channel {name!r}")
+
+    def _guild_index(self, guild: int | str) -> int:
+        text = str(guild)
+        for index, record in enumerate(self.state["guilds"]):
+            if record["id"] == text:
+                return index
+        return int(text)
+
+    def guild(self, guild: int | str) -> dict[str, Any]:
+        """A guild (by index among the emulator's guilds, or by id): ``{"id", "name", "channels"}``."""
+        result: dict[str, Any] = self.state["guilds"][self._guild_index(guild)]
+        return result
+
+    def guild_ids(self, shard: int | None = None, shard_count: int = 1) -> list[str]:
+        """Every guild's id, in index order; with ``shard``, only that shard's (Discord's formula)."""
+        return [
+            g["id"]
+            for g in self.state["guilds"]
+            if shard is None or (int(g["id"]) >> 22) % shard_count == shard
+        ]
 
     def user(self, name: str) -> str:
         return str(self.state["users"][name])
@@ -136,7 +165,7 @@ class EmulatorControl:
     async def say(
         self, channel: str, author: str, content: str, reply_to: str | None = None
     ) -> dict[str, Any]:
-        """Post a message as ``author`` (a user name) in ``channel`` (a channel name)."""
+        """Post a message as ``author`` (a user name) in ``channel`` (see :meth:`channel`)."""
         body: dict[str, Any] = {
             "channel_id": self.channel(channel),
             "author_id": self.user(author),

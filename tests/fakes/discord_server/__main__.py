@@ -22,6 +22,9 @@ async def serve(args: argparse.Namespace) -> None:
         valid_tokens=None if args.require_token is None else {args.require_token},
         heartbeat_interval=args.heartbeat_interval,
         session_timeout=args.session_timeout,
+        guilds=args.guilds,
+        max_concurrency=args.max_concurrency,
+        identify_interval=args.identify_interval,
     )
     url = await emulator.start(args.host, args.port)
     print(f"listening on {url}", flush=True)
@@ -59,6 +62,24 @@ def main() -> None:
         type=float,
         default=180.0,
         help="seconds a disconnected session stays resumable",
+    )
+    parser.add_argument(
+        "--guilds",
+        type=int,
+        metavar="N",
+        help="N guilds, each with a #general channel, spread evenly over shards (default: the one guild)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=1,
+        help="GET /gateway/bot's max_concurrency: IDENTIFY buckets (shard_id %% max_concurrency)",
+    )
+    parser.add_argument(
+        "--identify-interval",
+        type=float,
+        help="seconds between two IDENTIFYs of one bucket; an earlier one gets op 9 "
+        "(default: Discord's 5 with --guilds, none without)",
     )
     asyncio.run(serve(parser.parse_args()))
 

@@ -8,8 +8,22 @@ Rules (docs: events/gateway.md, events/gateway-events.md, topics/opcodes-and-sta
 * Close codes: 4001 unknown opcode, 4002 undecodable payload (invalid JSON/ETF, over 4096 bytes),
   4003 a payload before IDENTIFY (heartbeats excepted), 4004 a bad token, 4005 a second IDENTIFY,
   4007 a RESUME with a sequence never sent, 4008 more than 120 payloads per 60 s (heartbeats excepted,
-  as discord.py's own gateway limiter leaves room for them), 4010 a bad shard, 4012 an unknown API
-  version, 4013 invalid intents, 4014 a privileged intent the application was not granted.
+  as discord.py's own gateway limiter leaves room for them), 4010 a bad shard, 4011 a session that would
+  hold more than 2,500 guilds, 4012 an unknown API version, 4013 invalid intents, 4014 a privileged
+  intent the application was not granted.
+* Sharding ("Sharding"): IDENTIFY's ``shard: [shard_id, num_shards]`` must have
+  ``0 <= shard_id < num_shards`` (else 4010); "Each shard can only support a maximum of 2500 guilds"
+  (more: 4011, also without ``shard``). READY lists, and GUILD_CREATEs follow for, only the shard's guilds
+  (``(guild_id >> 22) % num_shards == shard_id``), and READY echoes ``shard``. Every event with a
+  ``guild_id`` goes only to the sessions of its shard; events without one (DMs) "will only be sent to the
+  first shard". A session without ``shard`` gets everything.
+* IDENTIFY concurrency ("Identifying", "Rate Limiting", "Max Concurrency"): per 5 s at most one IDENTIFY
+  per bucket ``shard_id % max_concurrency``, counted across all connections; "If your app exceeds this
+  limit, Discord will respond with a Invalid Session (opcode 9)" (``d: false``; the connection stays
+  open, unidentified, and no session start is spent). Each refusal is recorded
+  (``identify_refusals``). Accepted IDENTIFYs count against the daily ``session_start_limit``; at 0
+  Discord resets the token ("Upon hitting this limit ... the bot token will be reset"): further
+  IDENTIFYs close with 4004.
 * Sessions: a client that closes with 1000/1001 ends its session ("your session will be invalidated");
   any other disconnect leaves it resumable for ``session_timeout`` seconds ("timeout after a few
   minutes"); RESUME of an unknown or expired session gets op 9 ``false``.
@@ -52,6 +66,8 @@ GATEWAY_LIMIT = 120
 GATEWAY_PERIOD = 60.0
 CLIENT_OPCODES = {1, 2, 3, 4, 6, 8, 31, 43}
 API_VERSIONS = {"9", "10"}
+MAX_GUILDS_PER_SHARD = 2500
+SESSION_START_PERIOD = 86400.0
 
 # Intents (docs: events/gateway.md, "List of Intents").
 GUILDS = 1 << 0
@@ -127,6 +143,7 @@ class Connection:
         self.received: deque[float] = deque()
         self.closed_by_server = False
         self.sent_code: int | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, payload: dict[str, Any]) -> None:
         """Encode, compress and send one payload (in order: a zlib stream must arrive as compressed)."""
@@ -160,6 +177,7 @@ class Session:
     id: str
     intents: int
     token: str = ""
+    shard: tuple[int, int] | None = None
     seq: int = 0
     connection: Connection | None = None
     buffer: list[dict[str, Any]] = field(default_factory=list)
@@ -262,8 +280,11 @@ class GatewayMixin:
             connection.last_heartbeat = now
             # Discord's ACK takes tens of milliseconds; an instant one races discord.py's keep-alive
             # thread, which then measures the ACK against the previous heartbeat ("can't keep up").
-            await asyncio.sleep(HEARTBEAT_ACK_DELAY)
-            await connection.send({"op": 11, "d": None, "s": None, "t": None})
+            # The wait holds only the ACK, not the payloads after it (an IDENTIFY right after a
+            # heartbeat is seen when it arrives, which the 5-second IDENTIFY rule depends on).
+            task = asyncio.create_task(self._acknowledge_heartbeat(connection))
+            connection.tasks.add(task)
+            task.add_done_callback(connection.tasks.discard)
         elif op == 2:
             if connection.identified:
                 raise Close(4005, "Already authenticated.")
@@ -278,6 +299,11 @@ class GatewayMixin:
             await self._member_chunk(connection, data if isinstance(data, dict) else {})
         # op 3 (presence), 4 (voice state), 31, 43: accepted, nothing to model.
 
+    @staticmethod
+    async def _acknowledge_heartbeat(connection: Connection) -> None:
+        await asyncio.sleep(HEARTBEAT_ACK_DELAY)
+        await connection.send({"op": 11, "d": None, "s": None, "t": None})
+
     async def _watch_heartbeats(self, connection: Connection) -> None:
         while not connection.socket.closed:
             deadline = connection.last_heartbeat + self.heartbeat_interval * HEARTBEAT_GRACE
@@ -291,11 +317,15 @@ class GatewayMixin:
         token = str(data.get("token") or "")
         if not token or (self.valid_tokens is not None and token not in self.valid_tokens):
             raise Close(4004, "Authentication failed.")
-        shard = data.get("shard")
-        if shard is not None and not (
-            isinstance(shard, list) and len(shard) == 2 and 0 <= int(shard[0]) < int(shard[1]) == 1
-        ):
-            raise Close(4010, "Invalid shard.")
+        shard = _shard(data.get("shard"))
+        world = self.world
+        guild_ids = [
+            guild_id
+            for guild_id in world.guilds
+            if shard is None or world.shard_of(guild_id, shard[1]) == shard[0]
+        ]
+        if len(guild_ids) > MAX_GUILDS_PER_SHARD:
+            raise Close(4011, "Sharding required.")
         intents = data.get("intents")
         if isinstance(intents, str) and intents.isdigit():
             intents = int(intents)
@@ -304,18 +334,22 @@ class GatewayMixin:
         for name, bit in PRIVILEGED.items():
             if intents & bit and name not in self.privileged_intents:
                 raise Close(4014, "Disallowed intent(s).")
-        session = Session(id=secrets.token_hex(16), intents=intents, token=token, connection=connection)
+        if not self._identify_allowed(shard):
+            await connection.send({"op": 9, "d": False, "s": None, "t": None})
+            return
+        session = Session(
+            id=secrets.token_hex(16), intents=intents, token=token, connection=connection, shard=shard
+        )
         self.sessions[session.id] = session
         connection.session = session
         connection.identified = True
-        world = self.world
         await self._send(
             session,
             "READY",
             {
                 "v": 10,
                 "user": {**world.bot_user, "verified": True, "mfa_enabled": False, "flags": 0},
-                "guilds": [{"id": str(world.guild_id), "unavailable": True}],
+                "guilds": [{"id": str(guild_id), "unavailable": True} for guild_id in guild_ids],
                 "session_id": session.id,
                 "resume_gateway_url": self.gateway_url,
                 "application": {"id": str(world.application_id), "flags": self._application_flags()},
@@ -323,15 +357,41 @@ class GatewayMixin:
                 "relationships": [],
                 "user_settings": {},
                 "session_type": "normal",
-                "shard": [0, 1],
+                "shard": list(shard or (0, 1)),
                 "_trace": ["emulator"],
             },
         )
         if intents & GUILDS:
-            await self._send(session, "GUILD_CREATE", self._guild_create(intents))
+            for guild_id in guild_ids:
+                await self._send(session, "GUILD_CREATE", self._guild_create(intents, guild_id))
 
-    def _guild_create(self, intents: int) -> dict[str, Any]:
-        guild = self.world.guild()
+    def _identify_allowed(self, shard: tuple[int, int] | None) -> bool:
+        """Apply the IDENTIFY concurrency rule and the daily session start limit (module docstring)."""
+        now = time.monotonic()
+        if now - self.session_start_reset >= SESSION_START_PERIOD:
+            self.session_start_reset = now
+            self.session_starts_remaining = self.session_start_total
+        if self.session_starts_remaining <= 0:
+            raise Close(4004, "Authentication failed.")
+        bucket = (shard[0] if shard else 0) % self.max_concurrency
+        last = self.identified_at.get(bucket)
+        if last is not None and now - last < self.identify_interval:
+            self.identify_refusals.append(
+                {
+                    "shard": list(shard) if shard else None,
+                    "bucket": bucket,
+                    "at": now,
+                    "since_last": now - last,
+                }
+            )
+            return False
+        self.identified_at[bucket] = now
+        self.session_starts_remaining -= 1
+        self.identifies.append({"shard": list(shard) if shard else None, "bucket": bucket, "at": now})
+        return True
+
+    def _guild_create(self, intents: int, guild_id: int | None = None) -> dict[str, Any]:
+        guild = self.world.guild(guild_id)
         if not intents & GUILD_PRESENCES:
             # Guild Create: without GUILD_PRESENCES, "members and presences ... will only contain your bot
             # and users in voice channels".
@@ -375,12 +435,15 @@ class GatewayMixin:
         session = connection.session
         if session is None:
             return
-        members = [self.world.member(user_id) for user_id in self.world.member_roles]
+        asked = str(data.get("guild_id"))
+        guild_id = int(asked) if asked.isdigit() and int(asked) in self.world.guilds else self.world.guild_id
+        record = self.world.guild_record(guild_id)
+        members = [self.world.member(user_id, guild_id) for user_id in record.member_roles]
         await self._send(
             session,
             "GUILD_MEMBERS_CHUNK",
             {
-                "guild_id": str(self.world.guild_id),
+                "guild_id": str(guild_id),
                 "members": members,
                 "chunk_index": 0,
                 "chunk_count": 1,
@@ -407,6 +470,8 @@ class GatewayMixin:
             if not self._session_alive(session, now):
                 self.sessions.pop(session.id, None)
                 continue
+            if not self._routed_to(session, data):
+                continue
             wanted = EVENT_INTENTS.get(event)
             if wanted is not None and not session.intents & wanted[0 if "guild_id" in data else 1]:
                 continue
@@ -414,6 +479,16 @@ class GatewayMixin:
             if message is not None and not self._can_read_content(session.intents, message):
                 payload = blank_content(data)
             await self._send(session, event, payload)
+
+    def _routed_to(self, session: Session, data: dict[str, Any]) -> bool:
+        """Whether the event reaches this session's shard (docs: events/gateway.md, "Sharding")."""
+        if session.shard is None:
+            return True
+        shard_id, shard_count = session.shard
+        guild_id = data.get("guild_id")
+        if guild_id is None:
+            return shard_id == 0
+        return self.world.shard_of(int(guild_id), shard_count) == shard_id
 
     def _can_read_content(self, intents: int, message: StoredMessage) -> bool:
         # docs: events/gateway.md, "Message Content Intent": without it, content is empty except in DMs,
@@ -463,6 +538,20 @@ class GatewayMixin:
         for socket in list(self._sockets):
             with contextlib.suppress(Exception):
                 await socket.close(code=WSCloseCode.GOING_AWAY)
+
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    """IDENTIFY's ``shard``, or close 4010 "Invalid shard" (docs: topics/opcodes-and-status-codes.md)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in value)
+        or not 0 <= value[0] < value[1]
+    ):
+        raise Close(4010, "Invalid shard.")
+    return value[0], value[1]
 
 
 def blank_content(data: dict[str, Any]) -> dict[str, Any]:

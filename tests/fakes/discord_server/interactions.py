@@ -59,7 +59,7 @@ class InteractionsMixin:
         guild_id: int | None = None
         rest = parts[2:]
         if rest[:1] == ["guilds"] and len(rest) >= 3 and rest[2] == "commands":
-            if rest[1] != str(self.world.guild_id):
+            if not rest[1].isdigit() or int(rest[1]) not in self.world.guilds:
                 return _error(403, 50001, "Missing Access")
             guild_id = int(rest[1])
             rest = rest[2:]
@@ -142,8 +142,9 @@ class InteractionsMixin:
             stored["guild_id"] = str(guild_id)
         return stored
 
-    def _find_command(self, name: str) -> dict[str, Any] | None:
-        for scope in (self.world.guild_id, None):
+    def _find_command(self, name: str, guild_id: int | None) -> dict[str, Any] | None:
+        """A chat-input command usable in ``guild_id`` (None: a DM): the guild's own, then a global one."""
+        for scope in (guild_id, None) if guild_id is not None else (None,):
             for command in self.commands.get(scope, []):
                 if command["name"] == name and command.get("type", 1) == 1:
                     return command
@@ -243,7 +244,9 @@ class InteractionsMixin:
             "id": str(interaction.id),
             "type": interaction.kind,
             "user": world.users[interaction.user_id],
-            "authorizing_integration_owners": {"0": str(world.guild_id)},
+            "authorizing_integration_owners": {
+                "0": str(world.guild_of(interaction.channel_id) or world.guild_id)
+            },
         }
         if interaction.kind == 3:
             metadata["interacted_message_id"] = str(interaction.message_id)
@@ -319,9 +322,11 @@ class InteractionsMixin:
         # Names work too ("general", "alice"): ids change with every start of the emulator.
         channel_id, user_id = world.channel_id(body["channel_id"]), world.user_id(body["user_id"])
         path = str(body["command"]).split()
-        if channel_id is None or user_id is None or user_id not in world.member_roles or not path:
+        guild_id = None if channel_id is None else world.guild_of(channel_id)
+        member_roles = world.guild_record(guild_id).member_roles
+        if channel_id is None or user_id is None or user_id not in member_roles or not path:
             return _json({"error": "unknown channel or user"}, 400)
-        command = self._find_command(path[0])
+        command = self._find_command(path[0], guild_id if guild_id is not None else world.guild_id)
         if command is None:
             return _json({"error": f"no command named {path[0]!r} was synced"}, 400)
         required = command.get("default_member_permissions")
@@ -423,15 +428,16 @@ class InteractionsMixin:
         if channel["type"] == 1:  # a DM: a user instead of a member (docs: "Interaction Object")
             payload.update(user=world.users[user_id], context=1, authorizing_integration_owners={"0": "0"})
         else:
+            guild_id = channel["guild_id"]
             payload.update(
-                guild_id=str(world.guild_id),
+                guild_id=guild_id,
                 guild_locale="en-US",
                 member={
-                    **world.member(user_id),
+                    **world.member(user_id, int(guild_id)),
                     "permissions": str(world.channel_permissions(user_id, channel_id)),
                 },
                 context=0,
-                authorizing_integration_owners={"0": str(world.guild_id)},
+                authorizing_integration_owners={"0": guild_id},
             )
         if message is not None:
             payload["message"] = message

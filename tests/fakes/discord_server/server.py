@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import math
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -36,7 +37,13 @@ from tests.fakes.discord_server.common import (
     not_found,
     read_json,
 )
-from tests.fakes.discord_server.gateway import PRIVILEGED, GatewayMixin, Session, blank_content
+from tests.fakes.discord_server.gateway import (
+    PRIVILEGED,
+    SESSION_START_PERIOD,
+    GatewayMixin,
+    Session,
+    blank_content,
+)
 from tests.fakes.discord_server.interactions import Interaction, InteractionsMixin
 from tests.fakes.discord_server.ratelimits import RateLimiter, too_many
 from tests.fakes.discord_server.validation import validate_message
@@ -95,6 +102,12 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
     "message_content" (None: all three). ``heartbeat_interval`` and ``session_timeout`` in seconds
     (Discord: 41.25 s, "a few minutes"). ``route_limits`` overrides per-route limits, keyed like
     ``"POST /channels/{channel_id}/messages"``; ``global_limit`` is requests per second per token.
+
+    Sharding (see :mod:`.gateway`): ``guilds`` makes that many guilds (None: the one default guild);
+    ``max_concurrency`` is ``GET /gateway/bot``'s, the IDENTIFY buckets; ``identify_interval`` the
+    seconds between two IDENTIFYs of one bucket (Discord: 5; None means 5 when ``guilds`` is given and
+    0, no limit, for the default one-guild world, whose tests restart bots back to back);
+    ``session_start_total`` the daily session starts (Discord: 1000).
     """
 
     def __init__(
@@ -108,8 +121,26 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         session_timeout: float = 180.0,
         route_limits: dict[str, tuple[int, float]] | None = None,
         global_limit: int = 50,
+        guilds: int | None = None,
+        max_concurrency: int = 1,
+        identify_interval: float | None = None,
+        session_start_total: int = 1000,
     ) -> None:
-        self.world = World()
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.world = World(guilds)
+        self.max_concurrency = max_concurrency
+        self.identify_interval = (
+            identify_interval if identify_interval is not None else 0.0 if guilds is None else 5.0
+        )
+        self.session_start_total = session_start_total
+        self.session_starts_remaining = session_start_total
+        self.session_start_reset = time.monotonic()
+        #: bucket -> monotonic time of its last accepted IDENTIFY
+        self.identified_at: dict[int, float] = {}
+        #: accepted IDENTIFYs ``{"shard", "bucket", "at"}`` and refused ones (``"since_last"`` too)
+        self.identifies: list[dict[str, Any]] = []
+        self.identify_refusals: list[dict[str, Any]] = []
         self.interaction_token_ttl = interaction_token_ttl
         self.callback_deadline = callback_deadline
         self.valid_tokens = valid_tokens
@@ -270,13 +301,31 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
             "bot": world.bot_user,
             "team": None,
             "summary": "",
-            "approximate_guild_count": 1,
+            "approximate_guild_count": len(world.guilds),
             "approximate_user_install_count": 0,
             "approximate_user_authorization_count": 0,
             "redirect_uris": [],
             "interactions_endpoint_url": None,
             "tags": [],
             "integration_types_config": {"0": {}},
+        }
+
+    def _gateway_bot(self) -> dict[str, Any]:
+        """docs: events/gateway.md, "Get Gateway Bot": about one shard per 1,000 guilds recommended."""
+        elapsed = time.monotonic() - self.session_start_reset
+        if elapsed >= SESSION_START_PERIOD:
+            self.session_start_reset += elapsed
+            self.session_starts_remaining = self.session_start_total
+            elapsed = 0.0
+        return {
+            "url": self.gateway_url,
+            "shards": max(1, math.ceil(len(self.world.guilds) / 1000)),
+            "session_start_limit": {
+                "total": self.session_start_total,
+                "remaining": self.session_starts_remaining,
+                "reset_after": int((SESSION_START_PERIOD - elapsed) * 1000),
+                "max_concurrency": self.max_concurrency,
+            },
         }
 
     async def _route(self, request: web.Request, method: str, path: str) -> web.Response:
@@ -290,18 +339,7 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         if path == "/gateway" and method == "GET":
             return _json({"url": self.gateway_url})
         if path == "/gateway/bot" and method == "GET":
-            return _json(
-                {
-                    "url": self.gateway_url,
-                    "shards": 1,
-                    "session_start_limit": {
-                        "total": 1000,
-                        "remaining": 999,
-                        "reset_after": 0,
-                        "max_concurrency": 1,
-                    },
-                }
-            )
+            return _json(self._gateway_bot())
         if parts[0] == "applications" and len(parts) >= 3:
             return await self._commands_route(request, method, parts)
         if parts[0] == "users" and len(parts) == 2 and method == "GET":
@@ -323,27 +361,29 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         return not_found()
 
     def _guild_route(self, request: web.Request, method: str, parts: list[str]) -> web.Response:
-        """docs: resources/guild.md. Only the emulated guild exists; the bot is in no other."""
+        """docs: resources/guild.md. Only the emulated guilds exist; the bot is in no other."""
         world = self.world
-        if parts[1] != str(world.guild_id):
+        guild_id = int(parts[1]) if parts[1].isdigit() else 0
+        if guild_id not in world.guilds:
             return _error(404, 10004, "Unknown Guild")
+        record = world.guild_record(guild_id)
         tail = parts[2:]
         if method != "GET":
             return not_allowed()
         if not tail:
-            guild = world.guild()
+            guild = world.guild(guild_id)
             for key in ("members", "channels", "threads", "presences", "voice_states"):
                 guild.pop(key, None)
             if request.query.get("with_counts") in ("true", "1", "True"):
-                guild["approximate_member_count"] = len(world.member_roles)
+                guild["approximate_member_count"] = len(record.member_roles)
                 guild["approximate_presence_count"] = 0
             return _json(guild)
         if tail == ["channels"]:
-            return _json(world.guild()["channels"])
+            return _json(world.guild(guild_id)["channels"])
         if tail == ["roles"]:
-            return _json(list(world.roles.values()))
+            return _json(list(record.roles.values()))
         if len(tail) == 2 and tail[0] == "roles":
-            role = world.roles.get(int(tail[1])) if tail[1].isdigit() else None
+            role = record.roles.get(int(tail[1])) if tail[1].isdigit() else None
             return _json(role) if role else _error(404, 10011, "Unknown Role")
         if tail == ["members"]:
             # docs: events/gateway.md, "HTTP Restrictions": List Guild Members needs GUILD_MEMBERS.
@@ -353,13 +393,13 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
             if problem is not None:
                 return problem
             after = int(request.query.get("after", "0") or 0)
-            ids = sorted(u for u in world.member_roles if u > after)[:limit]
-            return _json([world.member(user_id) for user_id in ids])
+            ids = sorted(u for u in record.member_roles if u > after)[:limit]
+            return _json([world.member(user_id, guild_id) for user_id in ids])
         if len(tail) == 2 and tail[0] == "members":
             user_id = world.bot_id if tail[1] == "@me" else int(tail[1]) if tail[1].isdigit() else 0
-            if user_id not in world.member_roles:
+            if user_id not in record.member_roles:
                 return _error(404, 10007, "Unknown Member")
-            return _json(world.member(user_id))
+            return _json(world.member(user_id, guild_id))
         return not_found()
 
     # -- channels and messages -------------------------------------------------------------------------
@@ -735,7 +775,7 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         if nonce is not None:
             data["nonce"] = nonce
         if channel["type"] in GUILD_CHANNEL_TYPES:
-            data["guild_id"] = str(world.guild_id)
+            data["guild_id"] = channel["guild_id"]
         if replied is not None:
             data["message_reference"] = {
                 "type": 0,
@@ -743,7 +783,7 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
                 "channel_id": str(channel_id),
             }
             if channel["type"] in GUILD_CHANNEL_TYPES:
-                data["message_reference"]["guild_id"] = str(world.guild_id)
+                data["message_reference"]["guild_id"] = channel["guild_id"]
             data["referenced_message"] = replied.data
         if extra:
             data.update(extra)
@@ -764,7 +804,8 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         if not ephemeral:
             event = dict(data)
             if channel["type"] in GUILD_CHANNEL_TYPES:
-                event["member"] = {k: v for k, v in world.member(author_id).items() if k != "user"}
+                member = world.member(author_id, int(channel["guild_id"]))
+                event["member"] = {k: v for k, v in member.items() if k != "user"}
             await self.dispatch("MESSAGE_CREATE", event, message=stored)
         return 200, stored
 
@@ -823,7 +864,7 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         found[1].deleted = True
         event = {"id": str(message_id), "channel_id": str(channel_id)}
         if self.world.channels[channel_id]["type"] in GUILD_CHANNEL_TYPES:
-            event["guild_id"] = str(self.world.guild_id)
+            event["guild_id"] = self.world.channels[channel_id]["guild_id"]
         await self.dispatch("MESSAGE_DELETE", event)
 
     # -- control API -----------------------------------------------------------------------------------
@@ -845,6 +886,7 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
                 "sessions": [
                     {
                         "session_id": s.id,
+                        "shard": list(s.shard) if s.shard else None,
                         "intents": s.intents,
                         "seq": s.seq,
                         "connected": True,
@@ -857,6 +899,23 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
                 # Gateway connections that ended: {"session_id", "code", "by": "server" | "client"}.
                 "closed": self.closed_connections,
                 "commands": [command for scope in self.commands.values() for command in scope],
+                # Every guild, in index order (index 0 is ``guild_id``): {"id", "name", "channels"}.
+                "guilds": [
+                    {
+                        "id": str(record.id),
+                        "name": record.name,
+                        "channels": {
+                            world.channels[c]["name"]: str(c)
+                            for c in record.channel_ids
+                            if c not in world.deleted_channels
+                        },
+                    }
+                    for record in world.guilds.values()
+                ],
+                "gateway_bot": self._gateway_bot(),
+                "identifies": self.identifies,
+                # IDENTIFYs answered with op 9 for coming too early: {"shard", "bucket", "at", "since_last"}.
+                "identify_refusals": self.identify_refusals,
             }
         )
 

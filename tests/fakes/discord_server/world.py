@@ -1,4 +1,9 @@
-"""The emulated Discord world: one application, one guild, its members, channels and messages.
+"""The emulated Discord world: one application, its guilds, their members, channels and messages.
+
+By default there is one guild (``general`` and ``blog`` channels; alice, bob and mod, its owner, as members).
+``World(guilds=N)`` makes N guilds: the first is that guild, the others each have a ``general`` text channel,
+an @everyone role, the bot's managed role, and the same members. Their snowflakes are one millisecond apart,
+so ``(guild_id >> 22) % shard_count`` deals them round-robin to shards, evenly for any shard count.
 
 Objects are kept as the JSON Discord sends (``dict``), built complete enough for discord.py 2.7's parsers
 (an incomplete payload crashes the client, see ``shared/reference/discord.md``).
@@ -162,14 +167,34 @@ class StoredMessage:
         }
 
 
+@dataclass
+class Guild:
+    """One guild's own records (its channels live in :attr:`World.channels` like every channel)."""
+
+    id: int
+    index: int
+    name: str
+    roles: dict[int, dict[str, Any]]
+    member_roles: dict[int, list[int]]
+    channel_ids: list[int] = field(default_factory=list)  # text channels, in position order
+
+
+#: Discord's process-id bits (12–16) set to 2 in the spread guild ids, which no other snowflake here uses.
+SPREAD_GUILD_BITS = (1 << 17) | (2 << 12)
+
+
 class World:
     """Everything the emulator knows; the REST and gateway layers read and change it."""
 
-    def __init__(self) -> None:
+    def __init__(self, guilds: int | None = None) -> None:
+        if guilds is not None and guilds < 1:
+            raise ValueError("guilds must be at least 1")
         self.ids = Snowflakes()
         self.application_id = self.ids.next()
         self.bot_id = self.ids.next()
-        self.guild_id = self.ids.next()
+        # Many guilds: ids one millisecond apart (in the past, so they never meet a fresh snowflake).
+        spread_base = int(time.time() * 1000) - DISCORD_EPOCH_MS - 60_000 - (guilds or 0)
+        self.guild_id = self.ids.next() if guilds is None else (spread_base << 22) | SPREAD_GUILD_BITS
         self.users: dict[int, dict[str, Any]] = {}
         self.names: dict[str, int] = {}
         self.bot_user = self._user(self.bot_id, "LLMBot", bot=True)
@@ -215,6 +240,18 @@ class World:
                 "last_message_id": None,
                 "flags": 0,
             }
+        self.guilds: dict[int, Guild] = {
+            self.guild_id: Guild(
+                self.guild_id,
+                0,
+                "Emulated Guild",
+                self.roles,
+                self.member_roles,
+                list(self.channel_names.values()),
+            )
+        }
+        for index in range(1, guilds or 1):
+            self._add_guild(index, ((spread_base + index) << 22) | SPREAD_GUILD_BITS)
         self.dm_channels: dict[int, int] = {}
         for user_id in self.names.values():
             channel_id = self.ids.next()
@@ -230,6 +267,68 @@ class World:
         self.message_index: dict[int, tuple[int, StoredMessage]] = {}
         self.deleted_channels: set[int] = set()
         self.verify_key = secrets.token_hex(32)
+
+    def _add_guild(self, index: int, guild_id: int) -> None:
+        """Another guild: @everyone, the bot's managed role, a ``general`` channel; alice, bob, mod, bot."""
+        bot_role = self.ids.next()
+        roles = {
+            guild_id: self._role(guild_id, "@everyone", EVERYONE_PERMISSIONS, 0),
+            bot_role: {
+                **self._role(bot_role, "LLMBot", EVERYONE_PERMISSIONS | MANAGE_THREADS, 1),
+                "managed": True,
+                "tags": {"bot_id": str(self.bot_id)},
+            },
+        }
+        member_roles: dict[int, list[int]] = {user_id: [] for user_id in self.names.values()}
+        member_roles[self.bot_id] = [bot_role]
+        channel_id = self.ids.next()
+        self.channels[channel_id] = {
+            "id": str(channel_id),
+            "type": 0,
+            "guild_id": str(guild_id),
+            "name": "general",
+            "position": 0,
+            "permission_overwrites": [],
+            "topic": None,
+            "nsfw": False,
+            "parent_id": None,
+            "rate_limit_per_user": 0,
+            "last_message_id": None,
+            "flags": 0,
+        }
+        self.guilds[guild_id] = Guild(
+            guild_id, index, f"Emulated Guild {index}", roles, member_roles, [channel_id]
+        )
+
+    # -- guilds ----------------------------------------------------------------------------------------
+
+    def guild_record(self, guild_id: int | None = None) -> Guild:
+        """A guild's records (the first guild's by default); KeyError if the bot is in no such guild."""
+        return self.guilds[self.guild_id if guild_id is None else guild_id]
+
+    def guild_of(self, channel_id: int) -> int | None:
+        """The id of the guild a channel (or thread) belongs to; None for a DM or an unknown channel."""
+        channel = self.channels.get(channel_id)
+        if channel is None or "guild_id" not in channel:
+            return None
+        return int(channel["guild_id"])
+
+    def guild_ref(self, ref: Any) -> int | None:
+        """A guild given by index among the guilds (``0``, ``"17"``) or by id; None if there is none."""
+        text = str(ref)
+        if not text.isdigit():
+            return None
+        number = int(text)
+        if number in self.guilds:
+            return number
+        if number < len(self.guilds):
+            return list(self.guilds)[number]
+        return None
+
+    @staticmethod
+    def shard_of(guild_id: int, shard_count: int) -> int:
+        """docs: events/gateway.md, "Sharding Formula"."""
+        return (guild_id >> 22) % shard_count
 
     # -- objects ---------------------------------------------------------------------------------------
 
@@ -262,10 +361,11 @@ class World:
             "unicode_emoji": None,
         }
 
-    def member(self, user_id: int) -> dict[str, Any]:
+    def member(self, user_id: int, guild_id: int | None = None) -> dict[str, Any]:
+        member_roles = self.guild_record(guild_id).member_roles
         return {
             "user": self.users[user_id],
-            "roles": [str(role) for role in self.member_roles.get(user_id, [])],
+            "roles": [str(role) for role in member_roles.get(user_id, [])],
             "joined_at": self.joined_at,
             "flags": 0,
             "deaf": False,
@@ -276,22 +376,23 @@ class World:
             "pending": False,
         }
 
-    def guild(self) -> dict[str, Any]:
-        members = [self.member(user_id) for user_id in self.member_roles]
+    def guild(self, guild_id: int | None = None) -> dict[str, Any]:
+        record = self.guild_record(guild_id)
+        members = [self.member(user_id, record.id) for user_id in record.member_roles]
         return {
-            "id": str(self.guild_id),
-            "name": "Emulated Guild",
+            "id": str(record.id),
+            "name": record.name,
             "icon": None,
             "owner_id": str(self.names["mod"]),
             "member_count": len(members),
             "unavailable": False,
             "large": False,
             "joined_at": self.joined_at,
-            "roles": list(self.roles.values()),
+            "roles": list(record.roles.values()),
             "channels": [
-                c
-                for c in self.channels.values()
-                if c["type"] == 0 and int(c["id"]) not in self.deleted_channels
+                self.channels[channel_id]
+                for channel_id in record.channel_ids
+                if channel_id not in self.deleted_channels
             ],
             "members": members,
             "threads": [],
@@ -340,14 +441,15 @@ class World:
 
     # -- permissions -----------------------------------------------------------------------------------
 
-    def guild_permissions(self, user_id: int) -> int:
+    def guild_permissions(self, user_id: int, guild_id: int | None = None) -> int:
         """Base permissions, as docs/topics/permissions.md computes them: the owner and administrators
         have all; otherwise @everyone's permissions and those of each of the member's roles."""
-        if user_id == self.names["mod"]:  # the guild's owner
+        if user_id == self.names["mod"]:  # every guild's owner
             return ALL_PERMISSIONS
-        permissions = int(self.roles[self.guild_id]["permissions"])
-        for role in self.member_roles.get(user_id, []):
-            permissions |= int(self.roles[role]["permissions"])
+        record = self.guild_record(guild_id)
+        permissions = int(record.roles[record.id]["permissions"])
+        for role in record.member_roles.get(user_id, []):
+            permissions |= int(record.roles[role]["permissions"])
         if permissions & ADMINISTRATOR:
             return ALL_PERMISSIONS
         return permissions
@@ -372,15 +474,16 @@ class World:
                 | ATTACH_FILES
                 | ADD_REACTIONS
             )
-        permissions = self.guild_permissions(user_id)
+        record = self.guild_record(int(channel["guild_id"]))
+        permissions = self.guild_permissions(user_id, record.id)
         if permissions & ADMINISTRATOR:
             return ALL_PERMISSIONS
         overwrites = {int(o["id"]): o for o in channel["permission_overwrites"]}
-        everyone = overwrites.get(self.guild_id)
+        everyone = overwrites.get(record.id)
         if everyone is not None:
             permissions = (permissions & ~int(everyone["deny"])) | int(everyone["allow"])
         deny = allow = 0
-        for role in self.member_roles.get(user_id, []):
+        for role in record.member_roles.get(user_id, []):
             if role in overwrites:
                 deny |= int(overwrites[role]["deny"])
                 allow |= int(overwrites[role]["allow"])
@@ -414,8 +517,17 @@ class World:
         return None
 
     def channel_id(self, ref: Any) -> int | None:
-        """A channel named (``"general"``) or given by id; None if there is no such channel."""
-        found = self.channel_names.get(str(ref)) or (int(ref) if str(ref).isdigit() else None)
+        """A channel named (``"general"``, in the first guild), named in a guild (``"17/general"``: the
+        guild by index or id, see :meth:`guild_ref`) or given by id; None if there is no such channel."""
+        text = str(ref)
+        if "/" in text:
+            guild_part, _, name = text.partition("/")
+            guild_id = self.guild_ref(guild_part)
+            if guild_id is None:
+                return None
+            channels = (self.channels[c] for c in self.guilds[guild_id].channel_ids)
+            return next((int(c["id"]) for c in channels if c["name"] == name), None)
+        found = self.channel_names.get(text) or (int(text) if text.isdigit() else None)
         return found if found in self.channels else None
 
     def user_id(self, ref: Any) -> int | None:
@@ -438,7 +550,7 @@ class World:
         thread = {
             "id": str(message_id),
             "type": 11,
-            "guild_id": str(self.guild_id),
+            "guild_id": self.channels[parent_id]["guild_id"],
             "parent_id": str(parent_id),
             "owner_id": str(self.bot_id),
             "name": name,
@@ -466,7 +578,8 @@ class World:
     ) -> tuple[list[int], list[int], bool]:
         """Who Discord notifies: (user ids, role ids, @everyone/@here), applying ``allowed_mentions``."""
         users = [int(u) for u in USER_MENTION.findall(content) if int(u) in self.users]
-        roles = [int(r) for r in ROLE_MENTION.findall(content) if int(r) in self.roles]
+        guild_roles = self.guild_record(self.guild_of(channel_id)).roles
+        roles = [int(r) for r in ROLE_MENTION.findall(content) if int(r) in guild_roles]
         everyone = bool(EVERYONE_MENTION.search(content))
         if allowed is None:
             parse = {"users", "roles", "everyone"}
