@@ -18,8 +18,8 @@ import yarl
 from bot import __version__
 from bot.bot import LLMBot
 from bot.config import Config, load_config, resolve_token
-from bot.db import Database
 from bot.doctor import run_checks
+from bot.engine import open_database
 from bot.errors import StartupError
 from bot.llm.pool import BackendPool
 from bot.log import setup_logging
@@ -71,7 +71,7 @@ async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIter
     # One HTTP client for every model call; the backend pool bounds concurrency, not httpx.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
     async with (
-        Database(config.database.path) as db,
+        open_database(config.database.resolved_url) as db,
         httpx.AsyncClient(limits=limits) as http_client,
         Supervisor() as supervisor,
         BackendPool(config.backends, http_client, supervisor=supervisor) as pool,

@@ -15,11 +15,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Config
-from bot.db import Database
+from bot.engine import Engine
 from bot.llm.pool import BackendPool
 from bot.metrics import Metrics
 from bot.ratelimit import ChannelBudgets
-from bot.settings import SettingsStore
+from bot.settings import SETTINGS_CHANNEL, SettingsStore
 from bot.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class LLMBot(commands.Bot):
         *,
         http_client: httpx.AsyncClient,
         pool: BackendPool,
-        db: Database,
+        db: Engine,
         background_work: bool = True,
         supervisor: Supervisor | None = None,
         metrics: Metrics | None = None,
@@ -76,6 +76,9 @@ class LLMBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.settings.load()
+        if self.background_work:
+            # Other processes sharing a PostgreSQL database change settings too (a no-op on SQLite).
+            await self.db.listen(SETTINGS_CHANNEL, self.settings.on_notify)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self.background_work:

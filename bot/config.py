@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from bot.engine import redact
 from bot.errors import ConfigError
 
 TOKEN_ENV_VAR = "DISCORD_TOKEN"
@@ -51,13 +52,20 @@ class DiscordConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    """The SQLite database holding the blog queue and per-server settings."""
+    """The database holding the blog queue and per-server settings: SQLite (default) or PostgreSQL."""
 
+    # "sqlite:///path" or "postgresql://user:password@host:port/database"; empty = "sqlite:///" + path.
+    url: str = field(default="", repr=False)  # may hold a password
     path: str = "bot.sqlite3"
     # Finished blog jobs (their articles included: the posts stay on Discord) are deleted after this many
     # days; moderators' audit entries after keep_audit_days. 0 keeps them forever.
     keep_finished_jobs_days: float = field(default=30.0, metadata=_range(0.0, 36500.0))
     keep_audit_days: float = field(default=180.0, metadata=_range(0.0, 36500.0))
+
+    @property
+    def resolved_url(self) -> str:
+        """The database to open: :attr:`url`, or the SQLite file at :attr:`path`."""
+        return self.url or f"sqlite:///{self.path}"
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,13 @@ def _check_cross_field(config: Config, path: Path) -> None:
     if listen and not re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", listen):
         example = '"host:port", e.g. "127.0.0.1:9108"'
         raise ConfigError(f"{path}: metrics.listen must be {example}, got {listen!r}")
+    url = config.database.url
+    if url and not (
+        (url.startswith("sqlite:///") and len(url) > len("sqlite:///"))
+        or re.fullmatch(r"postgres(ql)?://\S*", url)
+    ):
+        example = '"sqlite:///bot.sqlite3" or "postgresql://user:password@host:5432/bot"'
+        raise ConfigError(f"{path}: database.url must be {example}, got {redact(url)!r}")
     if not config.backends:
         raise ConfigError(f"{path}: backends needs at least one [[backends]] entry")
     names = [backend.display_name for backend in config.backends]

@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import aiosqlite
 
+from bot.engine import Dialect, Listener, Parameters
 from bot.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -108,12 +110,17 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 class Database:
-    """The bot's SQLite database. Open with ``async with Database(path) as db``."""
+    """The bot's SQLite database, an :class:`~bot.engine.Engine`. Open with ``async with Database(path)``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._connection: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def dialect(self) -> Dialect:
+        """Which SQL this engine speaks."""
+        return "sqlite"
 
     async def __aenter__(self) -> Database:
         await self.open()
@@ -174,7 +181,7 @@ class Database:
                 raise
             await asyncio.shield(connection.execute("COMMIT"))
 
-    async def fetch_all(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+    async def fetch_all(self, sql: str, parameters: Parameters = ()) -> list[Row]:
         """Run a read-only query and return every row."""
         async with self._lock:
             cursor = await self._require().execute(sql, parameters)
@@ -182,7 +189,7 @@ class Database:
             await cursor.close()
             return list(rows)
 
-    async def fetch_one(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+    async def fetch_one(self, sql: str, parameters: Parameters = ()) -> Row | None:
         """Run a read-only query and return its first row, or None."""
         rows = await self.fetch_all(sql, parameters)
         return rows[0] if rows else None
@@ -205,6 +212,19 @@ class Database:
         """How many migrations this database has run."""
         row = await self.fetch_one("PRAGMA user_version")
         return int(row[0]) if row is not None else 0
+
+    def now(self) -> float:
+        """The current time as a statement parameter: this machine's clock (the only one using the file)."""
+        return time.time()
+
+    async def notify(self, connection: Any, channel: str, payload: str = "") -> None:
+        """Nothing to do: one process uses the file, and it tells its own services directly."""
+
+    async def listen(self, channel: str, callback: Listener) -> None:
+        """Nothing to do (see :meth:`notify`)."""
+
+    async def unlisten(self, channel: str, callback: Listener) -> None:
+        """Nothing to do (see :meth:`notify`)."""
 
     def _require(self) -> aiosqlite.Connection:
         if self._connection is None:

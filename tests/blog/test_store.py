@@ -1,16 +1,17 @@
-"""The SQLite job queue: durability, atomic fair claims, leases, fencing and quotas."""
+"""The job queue on both engines (``db`` runs each test on SQLite and on PostgreSQL): durability, atomic
+fair claims, leases, fencing and quotas."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
+import time
 
 import pytest
 
 from bot.blog.store import Article, BlogRequest, JobState, JobStore, QuotaExceeded, Quotas
 from bot.db import MIGRATIONS, Database
+from bot.engine import Engine, open_database
 from bot.errors import StartupError
 
 QUOTAS = Quotas(per_user=3, per_guild=20)
@@ -18,11 +19,28 @@ LEASE = 30.0
 
 
 class Clock:
+    """SQLite: the store's clock, moved by the test."""
+
     def __init__(self) -> None:
         self.now = 1_700_000_000.0
 
     def __call__(self) -> float:
         return self.now
+
+
+class ServerClock:
+    """PostgreSQL: the store reads the server's clock; moving ``now`` moves the engine's offset to it."""
+
+    def __init__(self, db: Engine) -> None:
+        self._db = db
+
+    @property
+    def now(self) -> float:
+        return time.time() + self._db.clock_offset  # type: ignore[attr-defined]
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._db.clock_offset = value - time.time()  # type: ignore[attr-defined]
 
 
 def request(user_id: int = 1, guild_id: int | None = 100, topic: str = "owls") -> BlogRequest:
@@ -49,27 +67,21 @@ ARTICLE = Article(
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database(tmp_path / "jobs.sqlite3") as database:
-        yield database
+def clock(db: Engine) -> Clock | ServerClock:
+    return Clock() if db.dialect == "sqlite" else ServerClock(db)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(db: Database, clock: Clock) -> JobStore:
-    return JobStore(db, clock=clock)
+def store(db: Engine, clock: Clock | ServerClock) -> JobStore:
+    return JobStore(db, clock=clock if isinstance(clock, Clock) else None)
 
 
 async def test_enqueued_job_is_committed_and_visible_to_another_connection(
-    store: JobStore, tmp_path: Path
+    store: JobStore, db_url: str
 ) -> None:
     job = await store.enqueue(request(), QUOTAS)
     assert job.state is JobState.QUEUED and job.tags == ("birds", "night") and job.attempts == 0
-    async with Database(tmp_path / "jobs.sqlite3") as other:
+    async with open_database(db_url) as other:
         seen = await JobStore(other).get(job.id)
     assert seen == job
 
@@ -123,13 +135,12 @@ async def test_a_newcomer_joins_the_current_round(store: JobStore) -> None:
     assert order == [backlog[1].id, newcomer.id, backlog[2].id]
 
 
-async def test_concurrent_claims_from_two_connections_never_share_a_job(tmp_path: Path) -> None:
-    path = tmp_path / "race.sqlite3"
-    async with Database(path) as first, Database(path) as second:
+async def test_concurrent_claims_from_two_connections_never_share_a_job(db_url: str) -> None:
+    async with open_database(db_url) as first, open_database(db_url) as second:
         for user in range(40):
             await JobStore(first).enqueue(request(user_id=user), Quotas(per_user=3, per_guild=100))
 
-        async def drain(database: Database) -> list[int]:
+        async def drain(database: Engine) -> list[int]:
             store, ids = JobStore(database), []
             while (job := await store.claim(LEASE)) is not None:
                 ids.append(job.id)
@@ -140,7 +151,9 @@ async def test_concurrent_claims_from_two_connections_never_share_a_job(tmp_path
     assert len(ours) + len(theirs) == 40
 
 
-async def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced(store: JobStore, clock: Clock) -> None:
+async def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced(
+    store: JobStore, clock: Clock | ServerClock
+) -> None:
     await store.enqueue(request(), QUOTAS)
     first = await store.claim(LEASE)
     assert first is not None
@@ -158,7 +171,7 @@ async def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced(store: Jo
 
 
 async def test_generated_job_is_delivered_not_regenerated_after_a_crash(
-    store: JobStore, clock: Clock
+    store: JobStore, clock: Clock | ServerClock
 ) -> None:
     await store.enqueue(request(), QUOTAS)
     job = await store.claim(LEASE)
@@ -175,12 +188,12 @@ async def test_generated_job_is_delivered_not_regenerated_after_a_crash(
     assert await store.claim(LEASE) is None
 
 
-async def test_retry_waits_for_run_at(store: JobStore, clock: Clock) -> None:
+async def test_retry_waits_for_run_at(store: JobStore, clock: Clock | ServerClock) -> None:
     await store.enqueue(request(), QUOTAS)
     job = await store.claim(LEASE)
     assert job is not None and await store.retry_later(job, "server busy", delay=10)
     assert await store.claim(LEASE) is None
-    assert await store.next_run_at() == clock.now + 10
+    assert await store.next_run_at() == pytest.approx(clock.now + 10, abs=1)
     clock.now += 10
     again = await store.claim(LEASE)
     assert again is not None and again.attempts == 2 and again.error == "server busy"
@@ -217,11 +230,11 @@ async def test_fail_keeps_the_reason(store: JobStore) -> None:
     assert (await store.count_by_state())[JobState.FAILED] == 1
 
 
-async def test_schema_is_versioned_and_constraints_hold(db: Database, tmp_path: Path) -> None:
+async def test_schema_is_versioned_and_constraints_hold(db: Engine, db_url: str) -> None:
     assert await db.schema_version() == len(MIGRATIONS)
-    async with Database(tmp_path / "jobs.sqlite3") as reopened:  # migrations don't run twice
+    async with open_database(db_url) as reopened:  # migrations don't run twice
         assert await reopened.schema_version() == len(MIGRATIONS)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         async with db.transaction() as connection:
             await connection.execute(
                 """INSERT INTO jobs (channel_id, user_id, topic, style, tone, target_length, tags, model,
@@ -230,13 +243,25 @@ async def test_schema_is_versioned_and_constraints_hold(db: Database, tmp_path: 
             )
 
 
-async def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.sqlite3"
-    with sqlite3.connect(path) as connection:
-        connection.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+async def test_newer_schema_is_refused(db: Engine, db_url: str) -> None:
+    future = len(MIGRATIONS) + 1
+    async with db.transaction() as connection:
+        if isinstance(db, Database):
+            await connection.execute(f"PRAGMA user_version = {future}")
+        else:
+            await connection.execute("UPDATE schema_version SET version = ?", (future,))
     with pytest.raises(StartupError, match="newer than this bot knows"):
-        async with Database(path):
+        async with open_database(db_url):
             pass
+
+
+def integrity_errors() -> tuple[type[Exception], ...]:
+    """What a broken constraint raises, on either engine."""
+    try:
+        import asyncpg
+    except ImportError:
+        return (sqlite3.IntegrityError,)
+    return (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 
 async def test_the_text_so_far_is_kept_across_attempts_and_dropped_when_the_job_ends(
@@ -253,7 +278,9 @@ async def test_the_text_so_far_is_kept_across_attempts_and_dropped_when_the_job_
     assert ended is not None and ended.draft is None
 
 
-async def test_old_finished_jobs_are_pruned_and_unfinished_ones_never(store: JobStore, clock: Clock) -> None:
+async def test_old_finished_jobs_are_pruned_and_unfinished_ones_never(
+    store: JobStore, clock: Clock | ServerClock
+) -> None:
     for topic in ("old done", "old queued"):
         await store.enqueue(request(topic=topic), QUOTAS)
     job = await store.claim(LEASE)
