@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -159,6 +160,44 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"llmbot:blog-cancel:(?P<job>[0-9]+)"
+):
+    """Cancel on a job's status message; the ``custom_id`` carries the job, so it works across restarts."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel",
+                emoji="✖️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"llmbot:blog-cancel:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog = interaction.client.get_cog(Blog.__cog_name__)
+        if isinstance(cog, Blog):
+            await cog.on_cancel_button(interaction, self.job_id)
+
+
+def status_buttons(job: Job) -> discord.ui.View | None:
+    """The buttons of a job's status message: Cancel until the job has finished."""
+    if job.state.terminal:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job.id))
+    view.stop()  # presses reach CancelButton through add_dynamic_items; nothing is stored per message
+    return view
+
+
 class StatusBoard:
     """Keeps every job's status message up to date, through the channel rate budgets.
 
@@ -284,7 +323,9 @@ class StatusBoard:
         await self._bot.budgets.get(job.channel_id, "edit").acquire(urgent=urgent)
         message = self._bot.get_partial_messageable(job.channel_id).get_partial_message(message_id)
         try:
-            await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+            await message.edit(
+                content=text, allowed_mentions=discord.AllowedMentions.none(), view=status_buttons(job)
+            )
         except DISCORD_ERRORS as exc:
             # The status message is a courtesy: the job itself is unaffected if it can't be updated.
             log.info("could not update the status of blog job %d: %s", job.id, exc)
@@ -342,6 +383,7 @@ class Blog(commands.Cog):
         )
 
     async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(CancelButton)
         if self.bot.background_work:
             self.board.start()
             self.worker.start()
@@ -350,6 +392,7 @@ class Blog(commands.Cog):
             await self.bot.db.listen(CANCEL_CHANNEL, self._on_cancel_notify)
 
     async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(CancelButton)
         await self.bot.db.unlisten(JOBS_CHANNEL, self._on_jobs_notify)
         await self.bot.db.unlisten(CANCEL_CHANNEL, self._on_cancel_notify)
         await self.worker.stop()
@@ -421,6 +464,7 @@ class Blog(commands.Cog):
         callback = await interaction.response.send_message(
             render_status(job, position=await self.store.queue_position(job)),
             allowed_mentions=discord.AllowedMentions.none(),
+            view=status_buttons(job) or discord.utils.MISSING,
         )
         log.info(
             "blog job %d queued guild=%s user=%s target=%d",
@@ -477,6 +521,27 @@ class Blog(commands.Cog):
                 found.guild_id, interaction.user.id, [(found.id, found.user_id)], via="/blog cancel"
             )
         await interaction.response.send_message(f"Blog post #{found.id} is cancelled.", ephemeral=True)
+
+    async def on_cancel_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Cancel pressed on a status message: the requester's job, or any with Manage Messages."""
+        job = await self.store.get(job_id)
+        if job is None or job.state.terminal:
+            # Finished meanwhile (the status message is about to say so): the button goes.
+            await interaction.response.edit_message(view=None)
+            return
+        if job.user_id != interaction.user.id and not interaction.permissions.manage_messages:
+            await interaction.response.send_message(
+                f"Only <@{job.user_id}> (who asked for it) or a moderator can cancel blog post #{job.id}.",
+                ephemeral=True,
+            )
+            return
+        cancelled = await self.cancel_job(job.id, by=interaction.user.id)
+        if cancelled is not None and job.user_id != interaction.user.id:
+            await self.bot.settings.record_cancels(
+                job.guild_id, interaction.user.id, [(job.id, job.user_id)], via="the Cancel button"
+            )
+        # The status message itself shows the outcome (its board edit drops the button).
+        await interaction.response.defer()
 
     async def cancel_job(self, job_id: int, *, by: int) -> Job | None:
         """Cancel an unfinished job: stop its generation now (closing the model connection) and show it.

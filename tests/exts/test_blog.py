@@ -461,3 +461,52 @@ async def test_without_attach_files_the_article_goes_by_dm_and_the_status_says_w
     assert "Attach Files" in notice["content"]
     assert "sent to the requester by DM" in final, final
     assert not await posted_articles(discord_api)
+
+
+def status_buttons(message: dict[str, Any]) -> list[str]:
+    return [
+        child["custom_id"] for row in message.get("components") or [] for child in row.get("components") or []
+    ]
+
+
+async def test_the_cancel_button_on_a_status_message_stops_the_job(
+    tmp_path: Path, emulator: DiscordEmulator, discord_api: EmulatorControl
+) -> None:
+    async with FakeOllamaServer(models=["mistral:latest"], tokens_per_second=20) as slow:
+        slow.script("mistral:latest", [ARTICLE * 5])
+        config = make_config(tmp_path, emulator.url, [slow.url], blog=FAST_BLOG)
+        async with running_bot(config):
+            invocation = await discord_api.invoke("general", "alice", "blog new", topic="owls at night")
+            record = await discord_api.answered(invocation["interaction_id"])
+            message_id = str(record["original"]["id"])
+
+            async def status() -> dict[str, Any]:
+                return next(m for m in await discord_api.messages("general") if str(m["id"]) == message_id)
+
+            async def writing() -> dict[str, Any] | None:
+                found = await status()
+                return found if "Writing" in found["content"] else None
+
+            shown = await wait_until(writing, within=10)
+            [cancel] = status_buttons(shown)
+            refused = await discord_api.press(message_id, cancel, "bob")
+            refusal = first_callback(await discord_api.answered(refused["interaction_id"]))
+            assert refusal["data"]["flags"] & EPHEMERAL and "moderator" in refusal["data"]["content"]
+            pressed = await discord_api.press(message_id, cancel, "alice")
+            await discord_api.answered(pressed["interaction_id"])
+
+            async def cancelled() -> dict[str, Any] | None:
+                found = await status()
+                return found if "Cancelled" in found["content"] else None
+
+            ended = await wait_until(cancelled, within=10)
+            generation = next(r for r in slow.requests if r["path"] == "/api/chat")
+            await wait_until(lambda: _true(generation["finished_at"]), within=5)
+    assert status_buttons(shown) == ["llmbot:blog-cancel:1"]
+    assert status_buttons(ended) == [], "a finished job's status has no Cancel button"
+    assert generation["disconnected"], "the generation was stopped, not left running"
+    assert await posted_articles(discord_api) == []
+
+
+async def _true(value: Any) -> Any:
+    return value
