@@ -88,6 +88,9 @@ class BackendConfig:
     context_tokens: int = field(default=0, metadata=_range(0, 10_000_000))
     # Seconds between two health checks of an idle backend (a busy one is healthy by streaming).
     health_interval: float = field(default=15.0, metadata=_range(0.5, 3600.0))
+    # Models here that take images. Ollama says so itself (/api/show capabilities), so this is only needed
+    # for OpenAI-compatible servers, which have no way to tell: their other models never get images.
+    vision_models: tuple[str, ...] = ()
 
     @property
     def display_name(self) -> str:
@@ -132,6 +135,17 @@ class ChatConfig:
     first_token_timeout: float = field(default=60.0, metadata=_range(1.0, 3600.0))
     idle_timeout: float = field(default=30.0, metadata=_range(1.0, 3600.0))
     deadline: float = field(default=300.0, metadata=_range(1.0, 86400.0))
+    # Attachments read per message (images for vision models, text and code files); 0 = ignore them.
+    max_attachments: int = field(default=5, metadata=_range(0, 10))
+    # Largest attachment downloaded, in bytes (the download stops there, whatever size Discord says).
+    max_attachment_bytes: int = field(default=8 * 1024 * 1024, metadata=_range(1024, 100 * 1024 * 1024))
+    # Characters of text files added to one message's prompt, all files together; a file that would go
+    # over is left out with a note. Raise it together with num_ctx (about 3 characters a token).
+    max_attachment_chars: int = field(default=6000, metadata=_range(0, 1_000_000))
+    # Images sent in one prompt, newest first (each costs ~768 tokens of the context window).
+    max_images: int = field(default=2, metadata=_range(0, 20))
+    # Longest download of one attachment, in seconds.
+    attachment_timeout: float = field(default=15.0, metadata=_range(1.0, 300.0))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ builds it, and talks to the Discord emulator and the fake Ollama server over rea
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -163,7 +164,13 @@ class EmulatorControl:
         return str(self.state["bot_user_id"])
 
     async def say(
-        self, channel: str, author: str, content: str, reply_to: str | None = None
+        self,
+        channel: str,
+        author: str,
+        content: str,
+        reply_to: str | None = None,
+        *,
+        attachments: Sequence[tuple[str, str | None, bytes]] = (),
     ) -> dict[str, Any]:
         """Post a message as ``author`` (a user name) in ``channel`` (see :meth:`channel`)."""
         body: dict[str, Any] = {
@@ -173,15 +180,26 @@ class EmulatorControl:
         }
         if reply_to is not None:
             body["reply_to"] = reply_to
+        if attachments:  # files as (filename, content type or None to let Discord guess, bytes)
+            body["attachments"] = [
+                {"filename": name, "content_type": kind, "data_base64": base64.b64encode(data).decode()}
+                for name, kind, data in attachments
+            ]
         response = await self._http.post(f"{self.url}/_emulator/messages", json=body)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
 
     async def mention(
-        self, channel: str, author: str, text: str, reply_to: str | None = None
+        self,
+        channel: str,
+        author: str,
+        text: str,
+        reply_to: str | None = None,
+        *,
+        attachments: Sequence[tuple[str, str | None, bytes]] = (),
     ) -> dict[str, Any]:
-        return await self.say(channel, author, f"<@{self.bot_id}> {text}", reply_to)
+        return await self.say(channel, author, f"<@{self.bot_id}> {text}", reply_to, attachments=attachments)
 
     async def messages(self, channel: str) -> list[dict[str, Any]]:
         response = await self._http.get(f"{self.url}/_emulator/channels/{self.channel(channel)}/messages")

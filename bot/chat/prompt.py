@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from bot.llm import ChatMessage
+from bot.llm import ChatMessage, Image
+
+if TYPE_CHECKING:
+    from bot.chat.attachments import AttachmentInfo
 
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One message of the conversation, already turned into plain text."""
+    """One message of the conversation, already turned into plain text.
+
+    ``attachments`` are the files the message had, not read yet; once read (:mod:`bot.chat.attachments`),
+    text files are part of ``content`` and pictures are ``images``.
+    """
 
     role: Literal["user", "assistant"]
     author: str
     content: str
+    attachments: tuple[AttachmentInfo, ...] = ()
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +64,7 @@ def build_prompt(
 
     def message(turn: Turn) -> ChatMessage:
         content = f"{turn.author}: {turn.content}" if named and turn.role == "user" else turn.content
-        return ChatMessage(turn.role, content)
+        return ChatMessage(turn.role, content, turn.images)
 
     kept: list[ChatMessage] = []
     used = 0

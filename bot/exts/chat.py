@@ -20,6 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat.attachments import AttachmentReader, attachment_infos, noted, strip_note
 from bot.chat.prompt import Turn, build_prompt, render_system_prompt
 from bot.llm import (
     BackendBusy,
@@ -94,6 +95,7 @@ class Chat(commands.Cog):
         self._gates: dict[int, asyncio.Semaphore] = {}
         # discord.py runs each on_message in its own task; we keep the ones answering, to drain them.
         self._answering: set[asyncio.Task[None]] = set()
+        self.attachments = AttachmentReader(bot.http_client, self.config, sees_images=bot.pool.sees_images)
 
     async def cog_unload(self) -> None:
         """Let replies in progress finish (briefly), then stop the rest; the listener is already removed."""
@@ -141,7 +143,7 @@ class Chat(commands.Cog):
         refusal = self._check_limits(message.author.id, cooldown)
         if refusal is None:
             question = readable_content(message, self.bot)
-            if not question:
+            if not question and not message.attachments:
                 refusal = "Mention me with a question, and I'll answer."
             elif len(question) > self.config.max_prompt_chars:
                 refusal = (
@@ -249,10 +251,12 @@ class Chat(commands.Cog):
         received_at = loop.time()
         model = settings.chat_model or self.config.model
         history = await self._history(message)
+        current = Turn("user", message.author.display_name, question, attachment_infos(message))
+        read = await self.attachments.read(model, history, current)  # files: images and text into the turns
         prompt = build_prompt(
             self._system_prompt(message, settings.system_prompt or self.config.system_prompt),
-            history,
-            Turn("user", message.author.display_name, question),
+            read.history,
+            read.current,
             max_messages=self.config.history_messages,
             max_chars=self.config.history_chars,
         )
@@ -288,6 +292,7 @@ class Chat(commands.Cog):
             mentions=mentions,
             max_messages=self.config.max_reply_messages,
             channel=channel,
+            transform=noted(read.notes),
         )
         async with reply, stream:
             if gate.locked():
@@ -385,14 +390,15 @@ class Chat(commands.Cog):
         turns: list[Turn] = []
         for earlier in reversed(chain):
             if earlier.author.id == me.id:
-                content = FAILURE_NOTE.sub("", earlier.content)
+                content = strip_note(FAILURE_NOTE.sub("", earlier.content))
                 if turns and turns[-1].role == "assistant":  # the next part of the same answer
                     turns[-1] = Turn("assistant", turns[-1].author, f"{turns[-1].content}\n{content}")
                 else:
                     turns.append(Turn("assistant", me.display_name, content))
             else:
-                turns.append(Turn("user", earlier.author.display_name, readable_content(earlier, self.bot)))
-        return [turn for turn in turns if turn.content.strip()]
+                author, text = earlier.author.display_name, readable_content(earlier, self.bot)
+                turns.append(Turn("user", author, text, attachment_infos(earlier)))
+        return [turn for turn in turns if turn.content.strip() or turn.attachments]
 
     async def _reply_chain(self, message: discord.Message, most: int) -> list[discord.Message]:
         """The messages ``message`` replies to, newest first (a multi-part answer counts each part)."""

@@ -18,7 +18,15 @@ from bot.llm._errors import (
 from bot.llm._ollama import OllamaClient
 from bot.llm._openai import OpenAIClient
 from bot.llm._stream import TextStream
-from bot.llm._types import NO_RETRY, ChatMessage, GenerationStats, RetryPolicy, ServerInfo, Timeouts
+from bot.llm._types import (
+    NO_RETRY,
+    ChatMessage,
+    GenerationStats,
+    Image,
+    RetryPolicy,
+    ServerInfo,
+    Timeouts,
+)
 
 __all__ = [
     "NO_RETRY",
@@ -29,6 +37,7 @@ __all__ = [
     "ChatMessage",
     "ContextOverflow",
     "GenerationStats",
+    "Image",
     "LLMError",
     "LLMTimeout",
     "ModelNotFound",

@@ -64,8 +64,18 @@ class HTTPBackendClient:
         return TextStream(send, wire, timeouts=timeouts or Timeouts(), retry=retry or self._retry)
 
     async def _get_json(self, path: str) -> dict[str, Any]:
+        return await self._json_request("GET", path)
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json_request("POST", path, body)
+
+    async def _json_request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         try:
-            response = await self._http.get(self.base_url + path, timeout=self._request_timeout)
+            response = await self._http.request(
+                method, self.base_url + path, json=body, timeout=self._request_timeout
+            )
         except (httpx.HTTPError, httpx.StreamError) as exc:
             raise BackendUnavailable(
                 f"cannot connect to {self.name} ({type(exc).__name__})", backend=self.name

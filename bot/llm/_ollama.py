@@ -46,7 +46,7 @@ class OllamaClient(HTTPBackendClient):
         """Stream a chat reply from ``POST /api/chat``."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_message(m) for m in messages],
             "stream": True,
             "options": dict(options or {}),
         }
@@ -92,6 +92,28 @@ class OllamaClient(HTTPBackendClient):
         """Names of the models loaded in memory right now (``GET /api/ps``)."""
         data = await self._get_json("/api/ps")
         return [str(entry.get("name")) for entry in data.get("models") or [] if isinstance(entry, dict)]
+
+    async def sees_images(self, model: str) -> bool | None:
+        """Whether ``model`` takes images (``POST /api/show``); None when the server can't say.
+
+        Ollama 0.6.4 and later list ``capabilities`` (``["completion", "vision"]``); older servers only
+        have ``details.families``, where a vision model has a ``clip`` (or ``mllama``) projector. A model
+        the server does not have raises :class:`ModelNotFound`.
+        """
+        try:
+            data = await self._post_json("/api/show", {"model": model})
+        except BackendError as exc:
+            if exc.status == 404:
+                raise ModelNotFound(model, backend=self.name) from exc
+            raise
+        capabilities = data.get("capabilities")
+        if isinstance(capabilities, list):
+            return "vision" in capabilities
+        details = data.get("details")
+        families = details.get("families") if isinstance(details, dict) else None
+        if isinstance(families, list):
+            return any(family in ("clip", "mllama") for family in families)
+        return None
 
     async def probe(self) -> ServerInfo:
         """One health check: version, pulled models and loaded models (loads nothing)."""
@@ -180,6 +202,14 @@ class _OllamaWire:
             load_seconds=_seconds(data.get("load_duration")),
             eval_seconds=_seconds(data.get("eval_duration")),
         )
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A message as ``/api/chat`` takes it: images as a list of bare base64 strings."""
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        wire["images"] = [image.data for image in message.images]
+    return wire
 
 
 def _error_text(body: bytes) -> str | None:

@@ -71,7 +71,7 @@ class OpenAIClient(HTTPBackendClient):
         """Stream a chat reply from ``POST /v1/chat/completions``."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_message(m) for m in messages],
             "stream": True,
         }
         for option, value in (options or {}).items():
@@ -153,6 +153,15 @@ class OpenAIClient(HTTPBackendClient):
         if response.status_code != 400:
             return None
         return _context_error(_error_message(response.content[:4000]) or "", self.name)
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A message as ``/v1/chat/completions`` takes it: with images, ``content`` is a list of parts."""
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    parts.extend({"type": "image_url", "image_url": {"url": image.data_url}} for image in message.images)
+    return {"role": message.role, "content": parts}
 
 
 def _model_ids(data: dict[str, Any]) -> list[str]:

@@ -11,11 +11,29 @@ Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    """An image attached to a message, for vision models: its media type and its bytes in base64."""
+
+    media_type: str  # "image/png", "image/jpeg", "image/webp" or "image/gif"
+    data: str  # standard base64, no data: prefix
+
+    @property
+    def data_url(self) -> str:
+        """The image as a ``data:`` URL (what OpenAI-compatible servers take)."""
+        return f"data:{self.media_type};base64,{self.data}"
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One turn of a conversation."""
+    """One turn of a conversation; ``images`` only reach a model that can see them."""
 
     role: Role
     content: str
+    images: tuple[Image, ...] = ()
+
+    def without_images(self) -> ChatMessage:
+        """The same turn with its images left out."""
+        return ChatMessage(self.role, self.content) if self.images else self
 
 
 @dataclass(frozen=True, slots=True)

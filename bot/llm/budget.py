@@ -22,6 +22,10 @@ DEFAULT_CHARS_PER_TOKEN = 3.0
 MESSAGE_OVERHEAD_TOKENS = 5
 #: The assistant turn's opening markers after the last message.
 PROMPT_OVERHEAD_TOKENS = 3
+#: What one image costs, whatever its size: Ollama counts a CLIP image as 768 embeddings when it fits a
+#: chat to the window (``server/prompt.go``, ``imageNumTokens``); LLaVA-1.5 uses 576, newer projectors
+#: tile large images into more, so this is a middle guess rather than a bound.
+IMAGE_TOKENS = 768
 _MIN_RATIO, _MAX_RATIO = 1.0, 8.0
 
 
@@ -37,7 +41,8 @@ class TokenEstimator:
         return PROMPT_OVERHEAD_TOKENS + sum(self.message_tokens(m) for m in messages)
 
     def message_tokens(self, message: ChatMessage) -> int:
-        return MESSAGE_OVERHEAD_TOKENS + math.ceil(len(message.content) / self.chars_per_token)
+        text = math.ceil(len(message.content) / self.chars_per_token)
+        return MESSAGE_OVERHEAD_TOKENS + text + IMAGE_TOKENS * len(message.images)
 
     def text_tokens(self, text: str) -> int:
         return math.ceil(len(text) / self.chars_per_token)
@@ -48,7 +53,8 @@ class TokenEstimator:
         Counts that can't be the whole prompt are ignored: Ollama reports only the tokens it had to
         evaluate when it reused a cached prefix, and the count of a prompt it cut to fit its window.
         """
-        overhead = PROMPT_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages)
+        images = sum(len(m.images) for m in messages)
+        overhead = PROMPT_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages) + IMAGE_TOKENS * images
         chars = sum(len(m.content) for m in messages)
         content_tokens = prompt_tokens - overhead
         if chars < 200 or content_tokens <= 0:

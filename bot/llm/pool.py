@@ -95,6 +95,8 @@ class BackendState:
     learned_context: dict[str, int] = field(default_factory=dict)
     #: Characters-per-token estimators, by model.
     estimators: dict[str, TokenEstimator] = field(default_factory=dict)
+    #: Whether a model here takes images, by model (asked once; forgotten when the server comes back).
+    vision: dict[str, bool] = field(default_factory=dict)
     #: The calls streaming here now.
     calls: set[PooledStream] = field(default_factory=set)
     tokens_per_second: deque[float] = field(default_factory=lambda: deque(maxlen=20))
@@ -118,6 +120,11 @@ class BackendState:
             or self.learned_context.get(normalise_model(model))
             or self.announced_context
         )
+
+    def known_to_see(self, model: str) -> bool:
+        """Whether ``model`` is known to take images here (configured, or the server said so)."""
+        key = normalise_model(model)
+        return key in {normalise_model(m) for m in self.config.vision_models} or self.vision.get(key) is True
 
     def serves(self, model: str) -> bool | None:
         """True/False when known (config, or the server's list), None when unknown."""
@@ -266,6 +273,9 @@ class BackendPool:
                 )
                 sent, call.dropped = fitted.messages, fitted.dropped
                 sent_options["num_predict"] = fitted.max_tokens
+            if not state.known_to_see(model) and any(m.images for m in sent):
+                # A server not asked by sees_images (it came up since): never images to a blind model.
+                sent = [m.without_images() for m in sent]
             call.sent_messages, call.max_tokens = sent, sent_options.get("num_predict")
             return state.client.chat(model, sent, options=sent_options, timeouts=timeouts, retry=NO_RETRY)
 
@@ -293,6 +303,41 @@ class BackendPool:
 
         call.open_stream = open_stream
         return call
+
+    async def sees_images(self, model: str) -> bool:
+        """Whether images may be sent with a chat to ``model``: True only when every reachable server
+        that may serve it says the model takes images, so a failover never lands them on a blind one.
+
+        Ollama is asked (``/api/show``) once per server and model. OpenAI-compatible servers have no
+        such call: only the models listed in the backend's ``vision_models`` get images.
+        """
+        answers = []
+        for state in self._states:
+            if not state.healthy or state.serves(model) is False:
+                continue
+            answer = await self._sees_images(state, model)
+            if answer is not None:
+                answers.append(answer)
+        return bool(answers) and all(answers)
+
+    async def _sees_images(self, state: BackendState, model: str) -> bool | None:
+        """One server's answer; None when it does not have the model."""
+        key = normalise_model(model)
+        if state.known_to_see(model):
+            return True
+        if key in state.vision:
+            return state.vision[key]
+        if not isinstance(state.client, OllamaClient):
+            return False
+        try:
+            answer = await state.client.sees_images(model)
+        except ModelNotFound:
+            return None
+        except LLMError as exc:
+            log.info("could not ask %s whether %s takes images (%s); assuming not", state.name, model, exc)
+            return False  # not remembered: asked again next time
+        state.vision[key] = bool(answer)
+        return state.vision[key]
 
     def status(self) -> list[BackendStatus]:
         """A snapshot of every backend, for moderators."""
@@ -619,6 +664,7 @@ class BackendPool:
             state.announced_context = info.context_tokens
         if not state.healthy:
             log.info("backend %s is back (version %s)", state.name, state.version)
+            state.vision.clear()  # it may have come back with other models
         state.healthy, state.consecutive_failures = True, 0
         state.next_probe_at = self._clock() + self._interval(state)
         self._dispatch()

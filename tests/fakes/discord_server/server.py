@@ -46,6 +46,7 @@ from tests.fakes.discord_server.gateway import (
 )
 from tests.fakes.discord_server.interactions import Interaction, InteractionsMixin
 from tests.fakes.discord_server.ratelimits import RateLimiter, too_many
+from tests.fakes.discord_server.uploads import attachment_object, parse_member_uploads
 from tests.fakes.discord_server.validation import validate_message
 from tests.fakes.discord_server.world import (
     ADD_REACTIONS,
@@ -691,10 +692,12 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         extra: dict[str, Any] | None = None,
         ephemeral: bool = False,
         loading: bool = False,
+        content_types: list[str | None] | None = None,
     ) -> tuple[int, StoredMessage]:
         """Create (or, for a repeated enforced nonce, return) a message; dispatch MESSAGE_CREATE.
 
-        ``loading`` is the empty "thinking…" message a deferred interaction shows.
+        ``loading`` is the empty "thinking…" message a deferred interaction shows; ``content_types`` are
+        the uploader's, one per file (None: guessed from the name).
         """
         world = self.world
         validate_message(payload, files, require_body=not loading)
@@ -738,22 +741,12 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         message_id = world.ids.next()
         attachments = []
         stored_files: dict[str, bytes] = {}
-        for filename, blob in files:
+        for index, (filename, blob) in enumerate(files):
             attachment_id = str(world.ids.next())
             stored_files[attachment_id] = blob
             url = f"{self.url}/attachments/{channel_id}/{attachment_id}/{filename}"
-            attachments.append(
-                {
-                    "id": attachment_id,
-                    "filename": filename,
-                    "size": len(blob),
-                    "url": url,
-                    "proxy_url": url,
-                    "content_type": "text/markdown; charset=utf-8"
-                    if filename.endswith(".md")
-                    else "application/octet-stream",
-                }
-            )
+            content_type = content_types[index] if content_types else None
+            attachments.append(attachment_object(attachment_id, filename, blob, url, content_type))
         data: dict[str, Any] = {
             "id": str(message_id),
             "channel_id": str(channel_id),
@@ -932,7 +925,11 @@ class DiscordEmulator(GatewayMixin, InteractionsMixin):
         payload: dict[str, Any] = {"content": body.get("content", "")}
         if body.get("reply_to"):
             payload["message_reference"] = {"message_id": str(body["reply_to"])}
-        _, stored = await self._create_message(channel_id, author_id, payload, [])
+        # A member's files: Discord's count and size limits for them apply (see .uploads).
+        files, content_types = parse_member_uploads(body.get("attachments"))
+        _, stored = await self._create_message(
+            channel_id, author_id, payload, files, content_types=content_types
+        )
         return _json(stored.data)
 
     async def _control_channel_messages(self, request: web.Request) -> web.Response:

@@ -48,6 +48,15 @@ the harsh behaviour, except where the rest of the test suite needs the kind one 
     title, sometimes a ```` ```markdown ```` fence, sometimes a sign-off; False: ``# Title`` first.
     Their length follows ``num_predict``/``max_tokens``; scripted replies win.
 
+Images: ``/api/chat`` messages take ``images`` (base64 strings), ``/v1`` messages ``content`` as a list of
+``text`` and ``image_url`` parts (``data:image/<png|jpeg|jpg|webp|gif>;base64,…`` only, else 400 "invalid
+image input", Ollama's ``openai.decodeImageURL``). Only the models named in ``VISION_MODELS`` (``llava``,
+…) see them: ``POST /api/show`` lists ``capabilities`` ``["completion", "vision"]`` (``["completion"]``
+for the others; ``details.families`` has ``clip`` for vision models, as older Ollama shows it); images
+for any other model get the Ollama engine's 500 "Failed to create new sequence: this model is missing
+data required for image input" (``/v1``: llama.cpp's 400 "image input is not supported …"); bytes that
+are no PNG/JPEG/GIF/WebP a 500 "… image: unknown format". Each image counts 768 prompt tokens.
+
 Control endpoints for tests and benchmarks live under ``/_fake/``: ``script``, ``faults``, ``requests``,
 ``probes``, ``stats``, ``config``, ``reset``. Faults (``POST /_fake/faults`` or :meth:`add_fault`,
 ``{"kind", "count", "after_tokens", "status", "model", "path"}``): ``status`` (an HTTP error), ``hang``
@@ -62,7 +71,8 @@ The request log (``server.requests``, ``GET /_fake/requests``) has one record pe
 ``finished_at``; ``time.monotonic()``), ``tokens`` sent, ``completion_text`` (the text actually sent),
 ``prompt_tokens``, ``prompt_truncated``, ``prompt_dropped_messages``, ``prompt_cut_tokens``,
 ``finish_reason`` (``stop``, ``length``, ``load``/``unload``, or None when interrupted or broken),
-``interrupted``, ``disconnected`` and ``pings``. Health probes (``GET /v1/models``, ``/api/version``,
+``interrupted``, ``disconnected``, ``pings`` and ``images`` (how many the request carried; the images
+themselves are in ``body``). Health probes (``GET /v1/models``, ``/api/version``,
 ``/api/tags``, ``/api/ps``) are logged apart (``server.probes``, ``GET /_fake/probes``) with ``path``,
 ``received_at``, ``answered_at``, ``status`` and ``busy`` (a generation was in progress when it arrived).
 """

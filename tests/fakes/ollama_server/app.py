@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import datetime
 import itertools
@@ -51,6 +53,22 @@ OLLAMA_NUM_KEEP = 4
 # Probes: requests a health checker sends; logged apart from generations (GET /_fake/probes).
 PROBE_PATHS = frozenset({"/v1/models", "/api/version", "/api/tags", "/api/ps"})
 _SSE_DONE = b"data: [DONE]\n\n"
+#: Models that take images (by name before the tag): ``/api/show`` lists "vision" in their capabilities.
+VISION_MODELS = frozenset({"llava", "bakllava", "llama3.2-vision", "moondream", "minicpm-v", "qwen2.5vl"})
+# Images sent to a model without a vision projector: the Ollama engine's error (model/model.go
+# ErrNoVisionModel, wrapped by runner/ollamarunner "Failed to create new sequence", status 500). Runners of
+# older text-only models silently drop the images instead; the fake takes the harsh answer.
+NO_VISION = "Failed to create new sequence: this model is missing data required for image input"
+# Bytes that decode as no known image (Go's image.ErrFormat, through the same runner path).
+NOT_AN_IMAGE = "Failed to create new sequence: failed to process inputs: image: unknown format"
+# llama.cpp's server without a multimodal projector, for image parts on /v1 (an invalid_request_error).
+OPENAI_NO_VISION = (
+    "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj"
+)
+# Ollama's openai.decodeImageURL: data: URLs of these image types only (the fake also takes GIF, as
+# llama.cpp and OpenAI do); anything else is 400 "invalid image input".
+_DATA_URL_TYPES = ("jpeg", "jpg", "png", "webp", "gif")
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 _ARRIVAL = web.RequestKey("arrival", int)  # the request's number in order of arrival
 
 
@@ -440,12 +458,17 @@ class FakeOllamaServer:
             return _error(400, "model is required")
         if normalise(str(name)) not in self._models:
             return _error(404, f"model '{name}' not found")
+        vision = sees_images(str(name))
         return _json(
             {
                 "modelfile": "",
                 "parameters": "",
                 "template": "{{ .Prompt }}",
                 "details": self._describe(normalise(str(name)))["details"],
+                "model_info": {"general.architecture": "llama", "general.parameter_count": 6_738_415_616},
+                "modified_at": "2024-05-01T12:00:00.000000000Z",
+                # api.ShowResponse (Ollama 0.6.4+): types/model/capability.go names.
+                "capabilities": ["completion", "vision"] if vision else ["completion"],
             }
         )
 
@@ -501,6 +524,8 @@ class FakeOllamaServer:
             "details": {
                 "format": "gguf",
                 "family": family,
+                # A vision model's projector shows as a "clip" family (all Ollama versions).
+                "families": [family, "clip"] if sees_images(name) else [family],
                 "parameter_size": "7B",
                 "quantization_level": "Q4_0",
             },
@@ -537,6 +562,7 @@ class FakeOllamaServer:
             "interrupted": False,
             "completion_text": "",
             "pings": 0,
+            "images": 0,
         }
         self.requests.append(record)
         arrival = request[_ARRIVAL]
@@ -581,6 +607,10 @@ class FakeOllamaServer:
         prompt = body.get("prompt")
         if route in ("chat", "openai") and messages is not None and not isinstance(messages, list):
             return self._fail(route, 400, "json: cannot unmarshal into Go struct field ChatRequest.messages")
+        images, refusal = self._check_images(route, name, messages)
+        record["images"] = images
+        if refusal is not None:
+            return refusal
         options: dict[str, Any] = body["options"] if isinstance(body.get("options"), dict) else {}
         num_predict = body.get("max_tokens") if route == "openai" else options.get("num_predict")
         stream = body.get("stream", route != "openai")  # Ollama's own routes stream unless told not to
@@ -631,6 +661,44 @@ class FakeOllamaServer:
             return await self._ollama_reply(request, job)
         finally:
             await self._release(model)
+
+    def _check_images(self, route: str, name: str, messages: Any) -> tuple[int, web.Response | None]:
+        """How many images the request carries, and Ollama's refusal when they are malformed or the model
+        cannot see (before any slot or load, as Ollama decodes the request first)."""
+        blobs: list[bytes] = []
+        for message in messages if isinstance(messages, list) else []:
+            if not isinstance(message, dict):
+                continue
+            if route == "chat" and "images" in message:
+                images = message["images"]
+                if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+                    error = "json: cannot unmarshal into Go struct field Message.messages.images"
+                    return 0, _error(400, error)
+                for image in images:
+                    try:
+                        blobs.append(base64.b64decode(image, validate=True))
+                    except (binascii.Error, ValueError):
+                        return 0, _error(400, "illegal base64 data at input byte 0")
+            content = message.get("content")
+            if route == "openai" and isinstance(content, list):
+                for part in content:
+                    if not isinstance(part, dict) or part.get("type") != "image_url":
+                        continue
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, dict) else url
+                    blob = _decode_data_url(url)
+                    if isinstance(blob, str):
+                        return 0, self._fail(route, 400, blob)
+                    blobs.append(blob)
+        if not blobs:
+            return 0, None
+        if not sees_images(name):
+            if route == "openai":
+                return len(blobs), self._fail(route, 400, OPENAI_NO_VISION)
+            return len(blobs), _error(500, NO_VISION)
+        if not all(blob.startswith(_IMAGE_MAGIC) or blob[8:12] == b"WEBP" for blob in blobs):
+            return len(blobs), self._fail(route, 500 if route == "chat" else 400, NOT_AN_IMAGE)
+        return len(blobs), None
 
     def _prompt_messages(self, route: str, messages: Any, prompt: Any, system: Any) -> list[Any]:
         if route != "generate":
@@ -1179,6 +1247,27 @@ class FakeOllamaServer:
     async def _control_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return _json({"reset": True})
+
+
+def sees_images(name: str) -> bool:
+    """Whether the fake's model ``name`` takes images (:data:`VISION_MODELS`)."""
+    return name.split(":")[0] in VISION_MODELS
+
+
+def _decode_data_url(url: Any) -> bytes | str:
+    """The image bytes of an ``image_url``, or the error Ollama's openai.decodeImageURL gives."""
+    if not isinstance(url, str):
+        return "invalid image input"
+    if url.startswith(("http://", "https://")):
+        return "image URLs are not currently supported, please use base64 encoded data instead"
+    for kind in _DATA_URL_TYPES:
+        prefix = f"data:image/{kind};base64,"
+        if url.startswith(prefix):
+            try:
+                return base64.b64decode(url[len(prefix) :], validate=True)
+            except (binascii.Error, ValueError):
+                return "invalid image input"
+    return "invalid image input"
 
 
 def _role(message: Any) -> Any:

@@ -126,10 +126,23 @@ def count_prompt_tokens(messages: Sequence[Any], subword: bool = False) -> int:
     return sum(message_tokens(message, subword) for message in messages)
 
 
+#: What one image costs in a prompt: Ollama's estimate for a CLIP image (``server/prompt.go``).
+IMAGE_TOKENS = 768
+
+
 def message_tokens(message: Any, subword: bool = False) -> int:
+    """One message's tokens: its text (an OpenAI-style list of parts counts its text parts), the template,
+    and :data:`IMAGE_TOKENS` for each image (Ollama ``images``, OpenAI ``image_url`` parts)."""
     content = message.get("content") if isinstance(message, dict) else message
-    text = content if isinstance(content, str) else ""
-    return len(tokenize(text, subword)) + TEMPLATE_TOKENS_PER_MESSAGE
+    images = message.get("images") if isinstance(message, dict) else None
+    count = len(images) if isinstance(images, list) else 0
+    if isinstance(content, list):
+        parts = [part for part in content if isinstance(part, dict)]
+        text = "".join(str(part.get("text") or "") for part in parts if part.get("type") == "text")
+        count += sum(1 for part in parts if part.get("type") == "image_url")
+    else:
+        text = content if isinstance(content, str) else ""
+    return len(tokenize(text, subword)) + TEMPLATE_TOKENS_PER_MESSAGE + IMAGE_TOKENS * count
 
 
 def _seed(*parts: Any) -> int:
