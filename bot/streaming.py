@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import io
 import logging
+import secrets
 from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
 import discord
+from discord.utils import MISSING
 
 from bot.backoff import backoff
 from bot.chat.text import MESSAGE_LIMIT, clean_output, hide_reasoning, split_message
@@ -44,19 +47,16 @@ class StreamedReply:
 
     def __init__(
         self,
-        origin: discord.Message,
+        target: ReplyTarget,
         budgets: ChannelBudgets,
         *,
         edit_interval: float,
         mentions: discord.AllowedMentions,
         max_messages: int = 4,
-        channel: discord.abc.Messageable | None = None,
         transform: Callable[[str], str] = clean_output,
     ) -> None:
-        self._origin = origin
+        self._target = target
         self._max_messages = max(2, max_messages)
-        # Usually the question's channel; a thread started from the question otherwise.
-        self._channel: discord.abc.Messageable = channel or origin.channel
         self._budgets = budgets
         self._edit_interval = edit_interval
         self._mentions = mentions
@@ -65,12 +65,14 @@ class StreamedReply:
         self._note = ""
         # Shown in place of the reply while there is no text yet (why it is taking a while).
         self._waiting = ""
+        # Buttons on the reply's last message (None: none); earlier messages lose theirs.
+        self._controls: discord.ui.View | None = None
         #: Set once the reply is complete; also wakes a renderer that is waiting out the edit interval.
         self._finished = asyncio.Event()
         self._changed = asyncio.Event()
         self._first_text = asyncio.Event()
         self._messages: list[discord.Message] = []
-        self._shown: list[str] = []
+        self._shown: list[tuple[str, discord.ui.View | None]] = []
         self._edited_at: list[float] = []
         self._renderer: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
@@ -89,9 +91,20 @@ class StreamedReply:
         """The messages posted so far, in order."""
         return list(self._messages)
 
+    @property
+    def controls(self) -> discord.ui.View | None:
+        """The buttons shown on the reply's last message."""
+        return self._controls
+
+    @controls.setter
+    def controls(self, view: discord.ui.View | None) -> None:
+        # Set before finish()/fail() so the final text and its buttons go out in one edit.
+        self._controls = view
+        self._changed.set()
+
     async def __aenter__(self) -> StreamedReply:
         # While the reply streams, the channel keeps an edit of its window free for our final text.
-        self._streaming.enter_context(self._budgets.get(self._channel_id, "edit").streaming())
+        self._streaming.enter_context(self._budgets.get(self._target.budget_key, "edit").streaming())
         self._typing = asyncio.create_task(self._keep_typing(), name="chat-typing")
         self._renderer = asyncio.create_task(self._render(), name="chat-render")
         return self
@@ -104,8 +117,11 @@ class StreamedReply:
             if not self._final:
                 # The producer left without saying how it ended: show what there is, marked as cut off.
                 self.fail("the reply was interrupted")
-            with contextlib.suppress(Exception):  # the renderer logs its own failures
+            try:
                 await self._renderer
+            except Exception as exc:  # Discord's refusals end the renderer quietly: this is a bug
+                log.exception("reply renderer failed %s", self._target.describe())
+                self.broken = exc
         else:  # cancelled or shutting down: stop at once
             self._renderer.cancel()
         self._typing.cancel()
@@ -200,18 +216,15 @@ class StreamedReply:
                 if not is_transient(exc) or failures > MAX_WRITE_RETRIES:
                     self.broken = exc
                     log.warning(
-                        "stopped streaming reply channel=%s origin=%s: %s",
-                        self._channel_id,
-                        self._origin.id,
-                        describe_discord_error(exc),
+                        "stopped streaming reply %s: %s", self._target.describe(), describe_discord_error(exc)
                     )
                     return
                 # A dropped connection or a 5xx: the write may or may not have happened. Edits are
                 # idempotent and creates carry a nonce, so the same writes are simply made again.
                 wait = backoff(failures, base=0.5, cap=8.0)
                 log.info(
-                    "reply write failed channel=%s (%s); retrying in %.1fs",
-                    self._channel_id,
+                    "reply write failed %s (%s); retrying in %.1fs",
+                    self._target.describe(),
                     describe_discord_error(exc),
                     wait,
                 )
@@ -220,48 +233,53 @@ class StreamedReply:
                 continue
             failures = 0
 
-    def _pending(self) -> list[int]:
-        """Indexes of messages whose shown text differs from what they should show now."""
+    def _wanted(self) -> list[tuple[str, discord.ui.View | None]]:
+        """What each message should show now: its text, and the buttons on the last one."""
         chunks = self._chunks()
-        return [i for i in range(min(len(chunks), len(self._shown))) if chunks[i] != self._shown[i]]
+        return [(chunk, self._controls if i == len(chunks) - 1 else None) for i, chunk in enumerate(chunks)]
+
+    def _pending(self) -> list[int]:
+        """Indexes of messages whose shown state differs from what they should show now."""
+        wanted = self._wanted()
+        return [i for i in range(min(len(wanted), len(self._shown))) if not _same(wanted[i], self._shown[i])]
 
     async def _flush(self) -> None:
         """Bring every message up to date with the current text, in order, through the rate budgets."""
         loop = asyncio.get_running_loop()
         index = 0
         while True:
-            chunks = self._chunks()
-            if index >= len(chunks):
+            wanted = self._wanted()
+            if index >= len(wanted):
                 return
-            if index < len(self._shown) and chunks[index] == self._shown[index]:
+            if index < len(self._shown) and _same(wanted[index], self._shown[index]):
                 index += 1
                 continue
             kind: WriteKind = "edit" if index < len(self._messages) else "create"
             await self._acquire(kind)
-            content = self._chunks()[index]  # the freshest text, now that the write is allowed
+            content, view = shown = self._wanted()[index]  # the freshest text, now that the write is allowed
             if kind == "edit":
                 self._messages[index] = await self._messages[index].edit(
-                    content=content, allowed_mentions=self._mentions
+                    content=content, allowed_mentions=self._mentions, view=view
                 )
-                self._shown[index] = content
+                self._shown[index] = shown
                 self._edited_at[index] = loop.time()
-                if self.first_visible_at is None and content != self._waiting:
-                    # A wait notice gave way to the first text: that edit is what the asker waited for.
-                    self.first_visible_at = loop.time()
-                    self._first_text.set()
             else:
-                self._messages.append(await self._post(content))
-                self._shown.append(content)
+                previous = self._messages[-1] if self._messages else None
+                self._messages.append(
+                    await self._target.post(content, index, previous, mentions=self._mentions, view=view)
+                )
+                self._shown.append(shown)
                 self._edited_at.append(loop.time())
-                if self.first_visible_at is None and content != self._waiting:
-                    self.first_visible_at = loop.time()
-                    self._first_text.set()
+            if self.first_visible_at is None and content != self._waiting:
+                # The first text (not a wait notice) is what the asker waited for.
+                self.first_visible_at = loop.time()
+                self._first_text.set()
             index += 1
 
     async def _acquire(self, kind: WriteKind) -> None:
         """Wait for the channel's budget to allow one write; the final text goes first, even when the
         reply finishes while an intermediate write is waiting."""
-        budget = self._budgets.get(self._channel_id, kind)
+        budget = self._budgets.get(self._target.budget_key, kind)
         if not self._final:
             write = asyncio.ensure_future(budget.acquire())
             finished = asyncio.ensure_future(self._finished.wait())
@@ -276,37 +294,12 @@ class StreamedReply:
                 return
         await budget.acquire(urgent=True)
 
-    async def _post(self, content: str) -> discord.Message:
-        # The first message replies to the question; later ones reply to the previous part, so the
-        # reply chain (which is the conversation's memory) runs through every part in order.
-        previous = self._messages[-1] if self._messages else self._origin
-        same_channel = previous.channel.id == self._channel_id
-        return await self._channel.send(
-            content,
-            # Discord replies stay within one channel: the first part in a new thread stands alone.
-            reference=previous.to_reference(fail_if_not_exists=False) if same_channel else None,  # type: ignore[arg-type]
-            allowed_mentions=self._mentions,
-            nonce=self._nonce(len(self._messages)),
-        )
-
-    def _nonce(self, index: int) -> str:
-        """The nonce of the reply's message number ``index``: a create retried after a dropped connection
-        gets the message the first try made (Discord matches the author's nonces for a few minutes)."""
-        return f"r{self._origin.id}-{index}"
-
-    @property
-    def _channel_id(self) -> int:
-        return int(getattr(self._channel, "id", 0))
-
     async def _attach_whole_reply(self) -> None:
-        await self._budgets.get(self._channel_id, "create").acquire(urgent=True)
+        await self._budgets.get(self._target.budget_key, "create").acquire(urgent=True)
         file = discord.File(io.BytesIO(self._body().encode("utf-8")), filename="reply.md")
         self._messages.append(
-            await self._channel.send(
-                file=file,
-                reference=self._messages[-1].to_reference(fail_if_not_exists=False),
-                allowed_mentions=self._mentions,
-                nonce=self._nonce(len(self._messages)),
+            await self._target.post(
+                None, len(self._messages), self._messages[-1], mentions=self._mentions, file=file
             )
         )
 
@@ -314,9 +307,124 @@ class StreamedReply:
         """Show "typing…" until the first text is visible (a failed trigger just means no indicator)."""
         while not self._first_text.is_set() and not self._final:
             try:
-                await self._channel.typing()
+                await self._target.typing()
             except DISCORD_ERRORS as exc:
-                log.debug("typing indicator refused in channel %s: %s", self._channel_id, exc)
+                log.debug("typing indicator refused %s: %s", self._target.describe(), exc)
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_text.wait(), TYPING_REFRESH_SECONDS)
+
+
+def _same(a: tuple[str, discord.ui.View | None], b: tuple[str, discord.ui.View | None]) -> bool:
+    """Whether two message states look the same (views compare by identity: set once per change)."""
+    return a[0] == b[0] and a[1] is b[1]
+
+
+class ReplyTarget(Protocol):
+    """Where a :class:`StreamedReply` posts its messages."""
+
+    #: The rate budget its writes count against (a channel id, or an interaction's for its webhook).
+    budget_key: int
+
+    async def post(
+        self,
+        content: str | None,
+        index: int,
+        previous: discord.Message | None,
+        *,
+        mentions: discord.AllowedMentions,
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> discord.Message:
+        """Post the reply's message number ``index`` (``previous``: the one before it, if any)."""
+        ...
+
+    async def typing(self) -> None:
+        """Show that an answer is coming."""
+        ...
+
+    def describe(self) -> str:
+        """Where the reply goes, for log lines."""
+        ...
+
+
+class ChannelReply:
+    """A reply to ``origin`` in a channel (``channel``: a thread started from it, else its own): each
+    message replies to the one before, so the reply chain (the conversation's memory) runs through
+    every part in order."""
+
+    def __init__(self, origin: discord.Message, channel: discord.abc.Messageable | None = None) -> None:
+        self.origin = origin
+        self.channel: discord.abc.Messageable = channel or origin.channel
+        self.budget_key = int(getattr(self.channel, "id", 0))
+        # Per reply, not per question: a second answer to the same question (Regenerate) is a new message.
+        self._nonce = secrets.token_hex(8)
+
+    async def post(
+        self,
+        content: str | None,
+        index: int,
+        previous: discord.Message | None,
+        *,
+        mentions: discord.AllowedMentions,
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> discord.Message:
+        previous = previous or self.origin
+        # Discord replies stay within one channel: the first part in a new thread stands alone.
+        same_channel = previous.channel.id == self.budget_key
+        return await self.channel.send(
+            content,
+            reference=previous.to_reference(fail_if_not_exists=False) if same_channel else None,  # type: ignore[arg-type]
+            allowed_mentions=mentions,
+            # A create retried after a dropped connection gets the message the first try made
+            # (Discord matches the author's nonces for a few minutes).
+            nonce=f"{self._nonce}-{index}",
+            view=view or MISSING,
+            file=file or MISSING,
+        )
+
+    async def typing(self) -> None:
+        await self.channel.typing()
+
+    def describe(self) -> str:
+        return f"channel={self.budget_key} origin={self.origin.id}"
+
+
+class InteractionReply:
+    """The answer to a slash command: the deferred response, then follow-ups (``ephemeral``: only the
+    member who asked sees them). Its writes go through the interaction's webhook, with a budget of its own."""
+
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool) -> None:
+        self.interaction = interaction
+        self.ephemeral = ephemeral
+        self.budget_key = interaction.id
+
+    async def post(
+        self,
+        content: str | None,
+        index: int,
+        previous: discord.Message | None,
+        *,
+        mentions: discord.AllowedMentions,
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> discord.Message:
+        if index == 0:
+            return await self.interaction.edit_original_response(
+                content=content, allowed_mentions=mentions, view=view
+            )
+        return await self.interaction.followup.send(
+            content or MISSING,
+            ephemeral=self.ephemeral,
+            allowed_mentions=mentions,
+            wait=True,
+            view=view or MISSING,
+            file=file or MISSING,
+        )
+
+    async def typing(self) -> None:
+        return None  # a deferred response already shows "thinking…"
+
+    def describe(self) -> str:
+        return f"interaction={self.interaction.id} channel={self.interaction.channel_id}"

@@ -14,7 +14,9 @@ import logging
 import re
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import discord
 from discord import app_commands
@@ -22,6 +24,8 @@ from discord.ext import commands
 
 from bot.chat.attachments import AttachmentReader, attachment_infos, noted, strip_note
 from bot.chat.prompt import Turn, build_prompt, render_system_prompt
+from bot.chat.text import clean_output
+from bot.errors import DISCORD_ERRORS
 from bot.llm import (
     BackendBusy,
     BackendUnavailable,
@@ -34,7 +38,7 @@ from bot.llm import (
 )
 from bot.llm.pool import PooledStream, Priority
 from bot.settings import GuildSettings
-from bot.streaming import StreamedReply
+from bot.streaming import ChannelReply, InteractionReply, ReplyTarget, StreamedReply
 
 if TYPE_CHECKING:
     from bot.bot import LLMBot
@@ -54,6 +58,110 @@ MAX_WAITING_PER_USER = 2
 WAIT_NOTICE_SECONDS = 2.0
 #: How ``/chat reset`` marks a fresh start in a DM or thread: reading the conversation back stops there.
 RESET_MARKER = "🧹 Fresh start"
+#: The question behind the Continue button.
+CONTINUE_PROMPT = "Continue your answer exactly where it stopped, without repeating anything."
+INTERRUPTED_NOTE = "⚠️ *the reply was interrupted*"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One answer to write: who asked, where (for the log), and the prompt's parts."""
+
+    asker: discord.abc.User
+    guild: discord.Guild | None
+    #: The message the answer replies to (0: none, as for /ask), for the Regenerate button.
+    origin_id: int
+    model: str
+    system_prompt: str
+    history: list[Turn]
+    current: Turn
+
+
+@dataclass(eq=False)
+class LiveReply:
+    """A reply being written, so its Stop button can find it."""
+
+    reply: StreamedReply
+    asker_id: int
+    consumer: asyncio.Task[str] | None = None
+    stopped_by: str | None = None
+
+    def stop(self, by: str) -> None:
+        """Stop generating now; the text so far stays, marked as stopped by ``by``."""
+        if self.consumer is not None and self.stopped_by is None:
+            self.stopped_by = by
+            self.consumer.cancel()
+
+
+class ReplyButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"llmbot:(?P<action>stop|regenerate|continue):(?P<asker>[0-9]+):(?P<origin>[0-9]+)",
+):
+    """Stop, Regenerate or Continue on a chat reply. The ``custom_id`` carries everything a press needs
+    (the action, who asked, the message answered), so the buttons work across restarts."""
+
+    LOOKS: ClassVar[dict[str, tuple[str, str, discord.ButtonStyle]]] = {
+        "stop": ("Stop", "⏹️", discord.ButtonStyle.secondary),
+        "regenerate": ("Regenerate", "🔄", discord.ButtonStyle.secondary),
+        "continue": ("Continue", "⏩", discord.ButtonStyle.primary),
+    }
+
+    def __init__(self, action: str, asker_id: int, origin_id: int) -> None:
+        label, emoji, style = self.LOOKS[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, emoji=emoji, style=style, custom_id=f"llmbot:{action}:{asker_id}:{origin_id}"
+            )
+        )
+        self.action = action
+        self.asker_id = asker_id
+        self.origin_id = origin_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> ReplyButton:
+        return cls(match["action"], int(match["asker"]), int(match["origin"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog = interaction.client.get_cog(Chat.__cog_name__)
+        if isinstance(cog, Chat):
+            await cog.on_reply_button(interaction, self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyButtons:
+    """The buttons of one reply: Stop while it streams; Regenerate, and Continue if it was cut, after."""
+
+    asker_id: int
+    origin_id: int
+    #: Made once per state: the reply re-edits a message only when its buttons change.
+    _views: dict[str, discord.ui.View | None] = field(default_factory=dict)
+
+    def streaming(self) -> discord.ui.View:
+        view = self._view("stop")
+        assert view is not None
+        return view
+
+    def finished(self, *, cut: bool) -> discord.ui.View | None:
+        if not self.origin_id:
+            return None  # an /ask answer: nothing to answer again or to reply to
+        return self._view("regenerate", "continue") if cut else self._view("regenerate")
+
+    def _view(self, *actions: str) -> discord.ui.View | None:
+        key = ",".join(actions)
+        if key not in self._views:
+            view = discord.ui.View(timeout=None)
+            for action in actions:
+                view.add_item(ReplyButton(action, self.asker_id, self.origin_id))
+            # Presses reach ReplyButton through add_dynamic_items; a stopped view is not stored per message.
+            view.stop()
+            self._views[key] = view
+        return self._views[key]
 
 
 def describe_failure(error: LLMError, model: str) -> str:
@@ -94,11 +202,19 @@ class Chat(commands.Cog):
         self._pending: Counter[int] = Counter()
         self._gates: dict[int, asyncio.Semaphore] = {}
         # discord.py runs each on_message in its own task; we keep the ones answering, to drain them.
-        self._answering: set[asyncio.Task[None]] = set()
+        self._answering: set[asyncio.Task[Any]] = set()
+        self._live: set[LiveReply] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
         self.attachments = AttachmentReader(bot.http_client, self.config, sees_images=bot.pool.sees_images)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ReplyButton)
 
     async def cog_unload(self) -> None:
         """Let replies in progress finish (briefly), then stop the rest; the listener is already removed."""
+        self.bot.remove_dynamic_items(ReplyButton)
+        for task in list(self._cleanups):
+            task.cancel()  # the notes stay; better than a traceback at shutdown
         try:
             await asyncio.wait_for(self.wait_until_idle(), SHUTDOWN_GRACE_SECONDS)
         except TimeoutError:
@@ -127,6 +243,115 @@ class Chat(commands.Cog):
             ephemeral=True,
         )
 
+    @app_commands.command(name="ask")
+    @app_commands.describe(
+        question="What you want to ask the model", private="Only you see the answer (default: everyone)"
+    )
+    async def ask(
+        self,
+        interaction: discord.Interaction,
+        question: app_commands.Range[str, 1, 4000],
+        private: bool = False,
+    ) -> None:
+        """Ask the model something; the answer streams in here."""
+        settings = self.bot.settings.get(interaction.guild_id)
+        channel_id = interaction.channel_id or 0
+        refusal = None
+        if interaction.guild_id is None and not self.config.allow_dms:
+            refusal = "I don't answer in DMs here; ask me in a server channel."
+        elif not settings.allows_chat_in(channel_id, getattr(interaction.channel, "parent_id", None)):
+            refusal = "Chat is turned off in this channel."
+        elif len(question) > self.config.max_prompt_chars:
+            refusal = (
+                f"That question is too long for me ({len(question)} characters; "
+                f"the limit is {self.config.max_prompt_chars})."
+            )
+        cooldown = self._cooldown(settings)
+        refusal = refusal or self._check_limits(interaction.user.id, cooldown)
+        if refusal is not None:
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        user = interaction.user
+        model = self._model(settings, interaction.channel)
+        system = self._system_prompt(interaction.guild, interaction.channel, user, settings)
+        current = Turn("user", user.display_name, question)
+        async with self._tracked(user.id, cooldown) as gate:
+            await self._respond(
+                Request(user, interaction.guild, 0, model, system, [], current),
+                InteractionReply(interaction, ephemeral=private),
+                gate,
+            )
+
+    async def on_reply_button(self, interaction: discord.Interaction, button: ReplyButton) -> None:
+        """Stop, Regenerate or Continue pressed on one of our replies."""
+        message, user = interaction.message, interaction.user
+        if message is None:
+            return
+        if user.id != button.asker_id and not interaction.permissions.manage_messages:
+            await interaction.response.send_message(
+                f"Only <@{button.asker_id}> (who asked) or a moderator can use these buttons.", ephemeral=True
+            )
+            return
+        if button.action == "stop":
+            await self._stop(interaction, message, button)
+            return
+        settings = self.bot.settings.get(interaction.guild_id)
+        cooldown = self._cooldown(settings)
+        refusal = self._check_limits(user.id, cooldown)
+        if not settings.allows_chat_in(message.channel.id, getattr(message.channel, "parent_id", None)):
+            refusal = "Chat is turned off in this channel."
+        if refusal is not None:
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
+        # These buttons are used up: the new answer brings its own.
+        await interaction.response.edit_message(view=None)
+        async with self._tracked(user.id, cooldown) as gate:
+            if button.action == "continue":
+                await self._continue(message, user, settings, gate)
+                return
+            origin = await self._fetch(message.channel, button.origin_id)
+            me = self.bot.user
+            if origin is None or me is None:
+                await interaction.followup.send(
+                    "The message I answered is gone, so I can't answer it again.", ephemeral=True
+                )
+            elif origin.author.id == me.id:  # this reply continued an earlier one: continue it afresh
+                await self._continue(origin, user, settings, gate)
+            else:
+                question = readable_content(origin, self.bot)
+                await self._answer(origin, question, settings, message.channel, gate)
+
+    async def _stop(
+        self, interaction: discord.Interaction, message: discord.Message, button: ReplyButton
+    ) -> None:
+        live = next((live for live in self._live if message.id in {m.id for m in live.reply.messages}), None)
+        if live is not None:
+            live.stop(interaction.user.display_name)
+            await interaction.response.defer()  # the reply's own last edit shows that it stopped
+            return
+        # Nothing is writing this reply any more (the bot restarted meanwhile): say it ended early.
+        text = FAILURE_NOTE.sub("", message.content).rstrip()
+        await interaction.response.edit_message(
+            content=f"{text}\n\n{INTERRUPTED_NOTE}" if text else INTERRUPTED_NOTE,
+            view=ReplyButtons(button.asker_id, button.origin_id).finished(cut=bool(text)),
+        )
+
+    async def _fetch(self, channel: discord.abc.Messageable, message_id: int) -> discord.Message | None:
+        """A message in ``channel`` (or, for a thread, in its parent: the question a thread started from)."""
+        if not message_id:
+            return None
+        cached = self.bot.get_cached_message(message_id)
+        if cached is not None:
+            return cached
+        places = [channel]
+        if isinstance(channel, discord.Thread) and isinstance(channel.parent, discord.TextChannel):
+            places.append(channel.parent)
+        for place in places:
+            with contextlib.suppress(discord.NotFound, discord.Forbidden):
+                return await place.fetch_message(message_id)
+        return None
+
     # -- triggering ------------------------------------------------------------------------------------
 
     @commands.Cog.listener()
@@ -137,9 +362,7 @@ class Chat(commands.Cog):
         parent_id = getattr(message.channel, "parent_id", None)
         if not settings.allows_chat_in(message.channel.id, parent_id):
             return  # a moderator turned chat off here: stay quiet rather than nag
-        cooldown = (
-            self.config.cooldown_seconds if settings.cooldown_seconds is None else settings.cooldown_seconds
-        )
+        cooldown = self._cooldown(settings)
         refusal = self._check_limits(message.author.id, cooldown)
         if refusal is None:
             question = readable_content(message, self.bot)
@@ -153,7 +376,14 @@ class Chat(commands.Cog):
         if refusal is not None:
             await self._note(message, refusal)
             return
-        user_id = message.author.id
+        async with self._tracked(message.author.id, cooldown) as gate:
+            channel = await self._reply_channel(message, question)
+            await self._answer(message, question, settings, channel, gate)
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self, user_id: int, cooldown: float) -> AsyncIterator[asyncio.Semaphore]:
+        """Count an answer for ``user_id`` while it is written (cooldown, waiting limit, shutdown drain);
+        yields the gate that lets ``max_streams_per_user`` of theirs run at once."""
         self._last_started[user_id] = time.monotonic()
         self._pending[user_id] += 1
         gate = self._gates.setdefault(user_id, asyncio.Semaphore(self.config.max_streams_per_user))
@@ -161,8 +391,7 @@ class Chat(commands.Cog):
         assert task is not None
         self._answering.add(task)
         try:
-            channel = await self._reply_channel(message, question)
-            await self._answer(message, question, settings, channel, gate)
+            yield gate
         finally:
             self._answering.discard(task)
             self._pending[user_id] -= 1
@@ -170,6 +399,11 @@ class Chat(commands.Cog):
                 del self._pending[user_id]
                 self._gates.pop(user_id, None)
             self._forget_old_cooldowns(cooldown)
+
+    def _cooldown(self, settings: GuildSettings) -> float:
+        return (
+            self.config.cooldown_seconds if settings.cooldown_seconds is None else settings.cooldown_seconds
+        )
 
     async def _is_for_us(self, message: discord.Message) -> bool:
         me = self.bot.user
@@ -213,14 +447,24 @@ class Chat(commands.Cog):
 
     async def _note(self, message: discord.Message, text: str) -> None:
         try:
-            await message.reply(
-                text,
-                allowed_mentions=discord.AllowedMentions.none(),
-                mention_author=False,
-                delete_after=NOTE_LIFETIME_SECONDS,
+            note = await message.reply(
+                text, allowed_mentions=discord.AllowedMentions.none(), mention_author=False
             )
-        except discord.HTTPException as exc:
+        except DISCORD_ERRORS as exc:
             log.info("could not post a note in channel %s: %s", message.channel.id, exc)
+            return
+        # Not discord.py's delete_after: its task outlives the bot's HTTP session when the bot stops
+        # within the note's lifetime, and dies with a traceback. Ours is cancelled on unload.
+        task = asyncio.create_task(self._delete_later(note), name="chat-note-cleanup")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _delete_later(self, note: discord.Message) -> None:
+        await asyncio.sleep(NOTE_LIFETIME_SECONDS)
+        try:
+            await note.delete()
+        except DISCORD_ERRORS as exc:
+            log.debug("could not delete note %s: %s", note.id, exc)
 
     # -- answering -------------------------------------------------------------------------------------
 
@@ -247,16 +491,51 @@ class Chat(commands.Cog):
         channel: discord.abc.Messageable,
         gate: asyncio.Semaphore,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        received_at = loop.time()
-        model = settings.chat_model or self.config.model
+        """Answer ``message`` (whose text, mentions made readable, is ``question``) in ``channel``."""
+        model = self._model(settings, message.channel)
         history = await self._history(message)
         current = Turn("user", message.author.display_name, question, attachment_infos(message))
         read = await self.attachments.read(model, history, current)  # files: images and text into the turns
+        system = self._system_prompt(message.guild, message.channel, message.author, settings)
+        await self._respond(
+            Request(message.author, message.guild, message.id, model, system, read.history, read.current),
+            ChannelReply(message, channel),
+            gate,
+            transform=noted(read.notes),
+        )
+
+    async def _continue(
+        self,
+        reply: discord.Message,
+        asker: discord.abc.User,
+        settings: GuildSettings,
+        gate: asyncio.Semaphore,
+    ) -> None:
+        """Go on with our cut ``reply``: its conversation, with the reply as the last turn, and a request
+        to continue from where it stopped."""
+        model = self._model(settings, reply.channel)
+        history = await self._history(reply, including=True)
+        system = self._system_prompt(reply.guild, reply.channel, asker, settings)
+        current = Turn("user", asker.display_name, CONTINUE_PROMPT)
+        await self._respond(
+            Request(asker, reply.guild, reply.id, model, system, history, current), ChannelReply(reply), gate
+        )
+
+    async def _respond(
+        self,
+        request: Request,
+        target: ReplyTarget,
+        gate: asyncio.Semaphore,
+        *,
+        transform: Callable[[str], str] = clean_output,
+    ) -> None:
+        """Stream the model's answer to ``request`` into ``target``, with its buttons, and log it."""
+        loop = asyncio.get_running_loop()
+        received_at = loop.time()
         prompt = build_prompt(
-            self._system_prompt(message, settings.system_prompt or self.config.system_prompt),
-            read.history,
-            read.current,
+            request.system_prompt,
+            request.history,
+            request.current,
             max_messages=self.config.history_messages,
             max_chars=self.config.history_chars,
         )
@@ -274,11 +553,10 @@ class Chat(commands.Cog):
         # Nobody is pinged but the asker, and only if the model writes their mention: the reply itself is
         # silent (no replied_user ping); @everyone, roles and other users stay inert whatever the text says.
         mentions = discord.AllowedMentions(
-            everyone=False, roles=False, users=[message.author], replied_user=False
+            everyone=False, roles=False, users=[request.asker], replied_user=False
         )
-        outcome = "ok"
         stream = self.bot.pool.chat(
-            model,
+            request.model,
             prompt.messages,
             options=options,
             priority=Priority.CHAT,
@@ -286,36 +564,37 @@ class Chat(commands.Cog):
             slot_timeout=self.config.queue_timeout,
         )
         reply = StreamedReply(
-            message,
+            target,
             self.bot.budgets,
             edit_interval=self.config.edit_interval,
             mentions=mentions,
             max_messages=self.config.max_reply_messages,
-            channel=channel,
-            transform=noted(read.notes),
+            transform=transform,
         )
+        buttons = ReplyButtons(request.asker.id, request.origin_id)
+        live = LiveReply(reply, request.asker.id)
         async with reply, stream:
+            reply.controls = buttons.streaming()
             if gate.locked():
                 reply.waiting("⏳ I'll answer this as soon as I've finished your previous question.")
             await gate.acquire()
             watcher = asyncio.create_task(self._explain_waits(reply, stream), name="chat-wait-notice")
+            live.consumer = asyncio.create_task(
+                self._consume(stream, reply, request.model, buttons), name="chat-consume"
+            )
+            self._live.add(live)
             try:
-                async for text in stream:
-                    reply.append(text)
-                    if reply.broken is not None:
-                        outcome = "discord-refused"
-                        break
-                else:
-                    if stream.stats is not None and stream.stats.truncated:
-                        limit = stream.max_tokens or self.config.max_tokens
-                        reply.fail(f"the reply reached the {limit}-token limit and stops here")
-                        outcome = "truncated"
-                    else:
-                        reply.finish()
-            except LLMError as exc:
-                outcome = type(exc).__name__
-                reply.fail(describe_failure(exc, model))
+                outcome = await live.consumer
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if live.stopped_by is None or (current is not None and current.cancelling()):
+                    raise
+                # Stopped with the button: keep the text so far, marked, and offer to go on.
+                reply.controls = buttons.finished(cut=bool(reply.text))
+                reply.fail(f"stopped by {live.stopped_by}")
+                outcome = "stopped"
             finally:
+                self._live.discard(live)
                 gate.release()
                 watcher.cancel()
         finished_at = loop.time()
@@ -326,13 +605,12 @@ class Chat(commands.Cog):
             metrics.chat_first_text.observe(first_text - received_at)
         metrics.chat_final_text.observe(finished_at - received_at)
         log.info(
-            "chat reply guild=%s channel=%s user=%s message=%s model=%s backend=%s outcome=%s history=%d "
+            "chat reply guild=%s %s user=%s model=%s backend=%s outcome=%s history=%d "
             "dropped=%d first_text_ms=%s total_ms=%d chars=%d parts=%d",
-            message.guild.id if message.guild else None,
-            message.channel.id,
-            message.author.id,
-            message.id,
-            model,
+            request.guild.id if request.guild else None,
+            target.describe(),
+            request.asker.id,
+            request.model,
             stream.backend,
             outcome,
             len(stream.sent_messages or prompt.messages) - 2,
@@ -342,6 +620,29 @@ class Chat(commands.Cog):
             len(reply.text),
             len(reply.messages),
         )
+
+    async def _consume(
+        self, stream: PooledStream, reply: StreamedReply, model: str, buttons: ReplyButtons
+    ) -> str:
+        """Feed the model's text into the reply and end it (finished, cut at the budget, or broken, each
+        with its buttons); how it ended."""
+        try:
+            async for text in stream:
+                reply.append(text)
+                if reply.broken is not None:
+                    return "discord-refused"
+        except LLMError as exc:
+            reply.controls = buttons.finished(cut=bool(reply.text))
+            reply.fail(describe_failure(exc, model))
+            return type(exc).__name__
+        if stream.stats is not None and stream.stats.truncated:
+            limit = stream.max_tokens or self.config.max_tokens
+            reply.controls = buttons.finished(cut=True)
+            reply.fail(f"the reply reached the {limit}-token limit and stops here")
+            return "truncated"
+        reply.controls = buttons.finished(cut=False)
+        reply.finish()
+        return "ok"
 
     async def _explain_waits(self, reply: StreamedReply, stream: PooledStream) -> None:
         """While nothing is shown, say why after a moment: waiting in line for a model server (and where),
@@ -356,18 +657,30 @@ class Chat(commands.Cog):
                 reply.waiting("⏳ The model is reading the conversation…")
             await asyncio.sleep(WAIT_NOTICE_SECONDS)
 
-    def _system_prompt(self, message: discord.Message, template: str) -> str:
+    def _model(self, settings: GuildSettings, channel: object) -> str:
+        """The chat model in ``channel``: the channel's choice, else the server's, else the config's."""
+        where = (int(getattr(channel, "id", 0) or 0), getattr(channel, "parent_id", None))
+        return settings.chat_model_in(*where) or self.config.model
+
+    def _system_prompt(
+        self,
+        guild: discord.Guild | None,
+        channel: object,
+        user: discord.abc.User,
+        settings: GuildSettings,
+    ) -> str:
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
-        if message.guild is None:
-            user = message.author.display_name
-            return render_system_prompt(self.config.dm_system_prompt, user=user, date=today)
-        channel = getattr(message.channel, "name", None) or "this channel"
-        return render_system_prompt(template, server=message.guild.name, channel=channel, date=today)
+        if guild is None:
+            return render_system_prompt(self.config.dm_system_prompt, user=user.display_name, date=today)
+        where = (int(getattr(channel, "id", 0) or 0), getattr(channel, "parent_id", None))
+        template = settings.system_prompt_in(*where) or self.config.system_prompt
+        name = getattr(channel, "name", None) or "this channel"
+        return render_system_prompt(template, server=guild.name, channel=name, date=today)
 
     # -- memory ----------------------------------------------------------------------------------------
 
-    async def _history(self, message: discord.Message) -> list[Turn]:
-        """The earlier turns of this conversation, oldest first."""
+    async def _history(self, message: discord.Message, *, including: bool = False) -> list[Turn]:
+        """The earlier turns of this conversation, oldest first (``including`` ``message`` itself)."""
         me = self.bot.user
         assert me is not None
         limit = self.config.history_messages
@@ -380,6 +693,8 @@ class Chat(commands.Cog):
             chain = [m async for m in message.channel.history(limit=limit * 4, before=message)]
         else:
             chain = await self._reply_chain(message, limit * 4)
+        if including:
+            chain.insert(0, message)
         # A /chat reset marker ends the conversation read back (the chain is newest first).
         fresh = next(
             (i for i, m in enumerate(chain) if m.author.id == me.id and m.content.startswith(RESET_MARKER)),

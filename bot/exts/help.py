@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 HELP_TEXT = """\
 **Chat** — mention me with a question and I answer here, as I write. Reply to my answer to go on with the \
 conversation: the reply chain is what I remember (in a DM, the DM itself). `/chat reset` starts afresh \
-in a DM or a thread.
+in a DM or a thread. Buttons on my answer: **Stop** while I write, **Regenerate** and (when I was cut off) \
+**Continue** after. `/ask question:…` asks with a slash command (`private:True`: only you see the answer).
 **Blog posts** — `/blog new topic:…` queues an article (style, tone, length and tags are optional); a status \
-message shows its progress and the finished post arrives here as a Markdown file. `/blog status`, \
-`/blog list` and `/blog cancel` follow your jobs.
+message shows its progress (with a **Cancel** button) and the finished post arrives here as a Markdown file. \
+`/blog status`, `/blog list` and `/blog cancel` follow your jobs.
 **Moderators** (Manage Server) — `/llm status`, `/llm queue`, `/llm cancel`, `/llm pause`, `/llm resume`, \
 `/llm config`, `/llm audit`."""
 
