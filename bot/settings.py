@@ -48,6 +48,18 @@ class GuildSettings:
     cooldown_seconds: float | None = None
     blog_quota: int | None = None
     blog_paused: bool = False
+    #: Per-channel overrides, as (channel id, value) pairs: a channel's chat model and system prompt win
+    #: over the server's (a thread follows its parent channel).
+    channel_chat_models: tuple[tuple[int, str], ...] = ()
+    channel_system_prompts: tuple[tuple[int, str], ...] = ()
+
+    def chat_model_in(self, channel_id: int, parent_id: int | None = None) -> str | None:
+        """The chat model chosen for the channel, else the server's; None means the config's."""
+        return _for_channel(self.channel_chat_models, channel_id, parent_id) or self.chat_model
+
+    def system_prompt_in(self, channel_id: int, parent_id: int | None = None) -> str | None:
+        """The system prompt chosen for the channel, else the server's; None means the config's."""
+        return _for_channel(self.channel_system_prompts, channel_id, parent_id) or self.system_prompt
 
     def allows_chat_in(self, channel_id: int, parent_id: int | None = None) -> bool:
         """Whether chat may answer in the channel (a thread follows its parent channel)."""
@@ -212,6 +224,21 @@ async def _record(connection: Any, guild_id: int, user_id: int, action: str, det
     )
 
 
+def _for_channel(
+    overrides: tuple[tuple[int, str], ...], channel_id: int, parent_id: int | None
+) -> str | None:
+    chosen = dict(overrides)
+    return chosen.get(channel_id) or (chosen.get(parent_id) if parent_id is not None else None)
+
+
+def with_override(
+    overrides: tuple[tuple[int, str], ...], channel_id: int, value: str | None
+) -> tuple[tuple[int, str], ...]:
+    """``overrides`` with the channel's value set (None: removed)."""
+    kept = tuple((channel, old) for channel, old in overrides if channel != channel_id)
+    return kept if value is None else (*kept, (channel_id, value))
+
+
 def _encode(settings: GuildSettings) -> str:
     defaults = GuildSettings()
     changed = {
@@ -228,6 +255,9 @@ def _decode(text: str) -> GuildSettings:
     for key in ("chat_channels", "blog_channels"):
         if key in data:
             data[key] = tuple(data[key])
+    for key in ("channel_chat_models", "channel_system_prompts"):
+        if key in data:
+            data[key] = tuple((int(channel), str(value)) for channel, value in data[key])
     return GuildSettings(**data)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -22,7 +22,7 @@ from discord.ext import commands
 from bot import __version__
 from bot.blog.store import Job, JobState
 from bot.llm.pool import BackendStatus
-from bot.settings import MAX_CHANNELS, MAX_SYSTEM_PROMPT, GuildSettings
+from bot.settings import MAX_CHANNELS, MAX_SYSTEM_PROMPT, GuildSettings, with_override
 from bot.supervise import LoopHealth
 
 if TYPE_CHECKING:
@@ -367,6 +367,12 @@ class Moderation(commands.Cog):
                 return (
                     f"blog quota: {posts or default(f'{blog.max_queued_per_user} queued posts per member')}"
                 )
+            if key == "channel_chat_models":
+                listed = ", ".join(f"<#{channel}> `{name}`" for channel, name in value)
+                return f"chat model by channel: {listed or 'none (every channel follows the server)'}"
+            if key == "channel_system_prompts":
+                listed = ", ".join(f"<#{channel}> ({len(text)} characters)" for channel, text in value)
+                return f"system prompt by channel: {listed or 'none (every channel follows the server)'}"
             if key == "system_prompt":
                 if value is None:
                     return "system prompt: back to the default"
@@ -400,6 +406,14 @@ class Moderation(commands.Cog):
                 f"**blog quota**: {mark(f'{quota} queued posts per member', settings.blog_quota is None)}",
                 f"**system prompt**{' (default)' if settings.system_prompt is None else ''}: "
                 f"{discord.utils.escape_markdown(prompt[:500])}",
+                *(
+                    f"**chat model in** <#{channel}>: `{name}`"
+                    for channel, name in settings.channel_chat_models
+                ),
+                *(
+                    f"**system prompt in** <#{channel}>: {discord.utils.escape_markdown(text[:200])}"
+                    for channel, text in settings.channel_system_prompts
+                ),
                 "-# Options left at (default) follow the config file; `default` or -1 in "
                 "`/llm config set` puts one back.",
             ]
@@ -414,6 +428,7 @@ class Moderation(commands.Cog):
         system_prompt="System prompt for chat ({server}, {channel}, {date} are filled in); 'default' resets",
         cooldown_seconds="Seconds a member waits between two questions; -1 resets to the default",
         blog_quota="Blog posts one member may have waiting; -1 resets to the default",
+        channel="Set chat_model/system_prompt for this channel only ('default': back to the server's)",
     )
     async def config_set(
         self,
@@ -424,9 +439,20 @@ class Moderation(commands.Cog):
         system_prompt: app_commands.Range[str, 1, MAX_SYSTEM_PROMPT] | None = None,
         cooldown_seconds: app_commands.Range[float, RESET, 3600] | None = None,
         blog_quota: app_commands.Range[int, RESET, 100] | None = None,
+        channel: discord.TextChannel | None = None,
     ) -> None:
-        """Change this server's settings; options left out stay as they are."""
+        """Change this server's settings (or one channel's model and prompt); options left out stay."""
         assert interaction.guild_id is not None
+        if channel is not None and (
+            any(option is not None for option in (chat_enabled, blog_model, cooldown_seconds, blog_quota))
+            or (chat_model is None and system_prompt is None)
+        ):
+            await interaction.response.send_message(
+                "⚠️ With `channel`, give `chat_model` and/or `system_prompt` (only those two can differ "
+                "per channel).",
+                ephemeral=True,
+            )
+            return
         changes: dict[str, object] = {}
         known = set(await self.bot.pool.list_models())
         for name, model in (("chat_model", chat_model), ("blog_model", blog_model)):
@@ -465,8 +491,9 @@ class Moderation(commands.Cog):
                 "Nothing to change: give at least one option.", ephemeral=True
             )
             return
+        compute = _per_channel(channel.id, changes) if channel is not None else _everywhere(changes)
         change = await self.bot.settings.edit(
-            interaction.guild_id, interaction.user.id, "config set", lambda _: changes, describe=self.describe
+            interaction.guild_id, interaction.user.id, "config set", compute, describe=self.describe
         )
         same = {key: value for key, value in changes.items() if key not in change.changes}
         parts = [f"Saved: {self.describe(change.changes)}."] if change.changes else ["Nothing changed."]
@@ -529,6 +556,24 @@ class Moderation(commands.Cog):
             _channel_answer(feature, action, target, getattr(change.before, key), getattr(change.after, key)),
             ephemeral=True,
         )
+
+
+def _everywhere(changes: dict[str, Any]) -> Callable[[GuildSettings], dict[str, Any]]:
+    return lambda _: changes
+
+
+def _per_channel(channel_id: int, changes: dict[str, Any]) -> Callable[[GuildSettings], dict[str, Any]]:
+    """``/llm config set channel:…``: the server-wide chat_model/system_prompt changes, made for one
+    channel instead (None takes the channel's override away)."""
+    keys = {"chat_model": "channel_chat_models", "system_prompt": "channel_system_prompts"}
+
+    def compute(current: GuildSettings) -> dict[str, Any]:
+        return {
+            keys[key]: with_override(getattr(current, keys[key]), channel_id, value)
+            for key, value in changes.items()
+        }
+
+    return compute
 
 
 def _channel_answer(

@@ -159,7 +159,13 @@ url = "{ollama.url}"
     assert not (await discord_api.refresh())["commands"]
     synced = await _run("sync", "--config", str(config))
     assert synced.returncode == 0, synced.stderr
-    assert {c["name"] for c in (await discord_api.refresh())["commands"]} == {"blog", "chat", "help", "llm"}
+    assert {c["name"] for c in (await discord_api.refresh())["commands"]} == {
+        "ask",
+        "blog",
+        "chat",
+        "help",
+        "llm",
+    }
 
 
 class _Result:
@@ -430,3 +436,44 @@ async def test_bulk_cancel_of_queued_jobs(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_channel_can_have_its_own_chat_model_and_system_prompt(
+    tmp_path: Path,
+    emulator: DiscordEmulator,
+    ollama: FakeOllamaServer,
+    discord_api: EmulatorControl,
+) -> None:
+    ollama.script("mistral:latest", ["from mistral", "mistral again"])
+    ollama.script("llama2", ["from llama2", "llama2 again"])
+    config = make_config(tmp_path, emulator.url, [ollama.url])
+    blog = discord_api.channel("blog")
+    async with running_bot(config) as runner:
+        saved = await run_command(
+            discord_api,
+            "mod",
+            "llm config set",
+            channel=blog,
+            chat_model="mistral:latest",
+            system_prompt="You are the blog desk's editor.",
+        )
+        assert f"<#{blog}> `mistral:latest`" in saved
+        mixed = await run_command(discord_api, "mod", "llm config set", channel=blog, cooldown_seconds=3)
+        assert "only those two" in mixed
+        await runner.restart()  # the overrides are stored, not only in memory
+        in_blog = await discord_api.mention("blog", "alice", "edit this")
+        await wait_until(lambda: _reply_to(discord_api, "blog", in_blog["id"]))
+        in_general = await discord_api.mention("general", "alice", "hello")
+        await wait_until(lambda: _reply_to(discord_api, "general", in_general["id"]))
+        view = await run_command(discord_api, "mod", "llm config view")
+        reset = await run_command(discord_api, "mod", "llm config set", channel=blog, chat_model="default")
+        again = await discord_api.mention("blog", "alice", "edit this too")
+        await wait_until(lambda: _reply_to(discord_api, "blog", again["id"]))
+    chats = [r["body"] for r in ollama.requests if r["path"] == "/api/chat"]
+    assert [body["model"] for body in chats] == ["mistral:latest", "llama2", "llama2"]
+    systems = [body["messages"][0]["content"] for body in chats]
+    assert systems[0] == "You are the blog desk's editor."
+    assert systems[1] != systems[0]
+    assert systems[2] == systems[0], "only the model was reset; the channel keeps its prompt"
+    assert f"**chat model in** <#{blog}>: `mistral:latest`" in view
+    assert "none (every channel follows the server)" in reset
