@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import aiohttp
 import discord
@@ -16,7 +17,7 @@ import httpx
 import yarl
 
 from bot import __version__
-from bot.bot import LLMBot
+from bot.bot import LLMBot, Role, ShardedLLMBot
 from bot.config import Config, load_config, resolve_token
 from bot.doctor import run_checks
 from bot.engine import open_database
@@ -39,8 +40,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "command",
         nargs="?",
         default="run",
-        choices=("run", "sync", "doctor"),
-        help="run the bot (default), sync the slash commands now, or check the set-up",
+        choices=("run", "gateway", "worker", "sync", "doctor"),
+        help="run the bot in one process (default); or, on PostgreSQL, as gateway processes (chat and "
+        "slash commands) and worker processes (blog jobs); sync the slash commands now; check the set-up",
+    )
+    parser.add_argument(
+        "--shards",
+        type=shard_range,
+        help="gateway: the shard ids this process runs, e.g. 0-3 or 0,2 (needs --shard-count)",
+    )
+    parser.add_argument(
+        "--shard-count", type=int, help="gateway: the bot's total number of shards (all processes together)"
     )
     parser.add_argument(
         "--config", default="config.toml", help="path to the TOML config (default: config.toml)"
@@ -50,6 +60,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
+
+
+def shard_range(text: str) -> list[int]:
+    """``0-3`` → [0, 1, 2, 3]; ``0,2,5`` → [0, 2, 5]."""
+    try:
+        ids: list[int] = []
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            ids.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard range like 0-3 or 0,2") from None
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard range like 0-3 or 0,2")
+    return sorted(set(ids))
+
+
+def check_role(args: argparse.Namespace, config: Config) -> None:
+    """Multi-process roles need a shared database and a sound shard range; a StartupError says why not."""
+    if args.command in ("gateway", "worker") and not config.database.resolved_url.startswith("postgres"):
+        raise StartupError(
+            f"python -m bot {args.command} runs beside other processes and needs PostgreSQL "
+            '(database.url = "postgresql://…"); on SQLite run everything in one process: python -m bot run'
+        )
+    if (args.shards is not None or args.shard_count is not None) and args.command != "gateway":
+        raise StartupError("--shards and --shard-count are for python -m bot gateway")
+    if (args.shards is None) != (args.shard_count is None):
+        raise StartupError("--shards and --shard-count go together (e.g. --shards 0-3 --shard-count 8)")
+    if args.shards is not None and (args.shard_count < 1 or max(args.shards) >= args.shard_count):
+        count = args.shard_count
+        raise StartupError(f"--shards must lie in 0..{count - 1} (--shard-count {count})")
 
 
 def point_discord_at(config: Config) -> None:
@@ -62,11 +102,21 @@ def point_discord_at(config: Config) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIterator[LLMBot]:
-    """The bot with its long-lived resources open (database, HTTP client, backend pool), ready to ``start``.
-
-    Everything opened here is closed, in reverse order, when the block exits.
+async def open_bot(
+    config: Config,
+    *,
+    background_work: bool = True,
+    role: Role = "run",
+    shards: Sequence[int] | None = None,
+    shard_count: int | None = None,
+) -> AsyncIterator[LLMBot]:
+    """The bot with its long-lived resources open (database, HTTP client, backend pool), ready to ``start``
+    (a ``worker`` only logs in). Everything opened here is closed, in reverse order, when the block exits.
     """
+    sharding: dict[str, Any] = {}
+    if role == "gateway":
+        # An AutoShardedBot; without --shards, discord.py asks Discord how many shards to run.
+        sharding = {"shard_ids": list(shards) if shards else None, "shard_count": shard_count}
     point_discord_at(config)
     # One HTTP client for every model call; the backend pool bounds concurrency, not httpx.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
@@ -75,7 +125,7 @@ async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIter
         httpx.AsyncClient(limits=limits) as http_client,
         Supervisor() as supervisor,
         BackendPool(config.backends, http_client, supervisor=supervisor) as pool,
-        LLMBot(
+        (ShardedLLMBot if role == "gateway" else LLMBot)(
             config,
             http_client=http_client,
             pool=pool,
@@ -83,6 +133,8 @@ async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIter
             background_work=background_work,
             supervisor=supervisor,
             metrics=Metrics(),
+            role=role,
+            **sharding,
         ) as bot,
     ):
         listen = config.metrics.listen if background_work else ""
@@ -90,7 +142,13 @@ async def open_bot(config: Config, *, background_work: bool = True) -> AsyncIter
             yield bot
 
 
-async def run_bot(config: Config, token: str) -> None:
+async def run_bot(
+    config: Config,
+    token: str,
+    role: Role = "run",
+    shards: Sequence[int] | None = None,
+    shard_count: int | None = None,
+) -> None:
     """Run the bot until it is closed, the task is cancelled, or SIGTERM/SIGINT arrives."""
     loop = asyncio.get_running_loop()
     closing: set[asyncio.Task[None]] = set()
@@ -101,11 +159,17 @@ async def run_bot(config: Config, token: str) -> None:
         if not closing:
             closing.add(asyncio.create_task(bot.close(), name="close on signal"))
 
-    async with open_bot(config) as bot:
+    async with open_bot(config, role=role, shards=shards, shard_count=shard_count) as bot:
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop)
         try:
-            await bot.start(token)
+            if role == "worker":
+                # REST only: log in (which loads the blog extension and starts its workers), then wait.
+                await bot.login(token)
+                log.info("blog worker running (no gateway)")
+                await bot.wait_until_closed()
+            else:
+                await bot.start(token)
         finally:
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signal_number)
@@ -135,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"blog model {config.blog.model})"
             )
             return 0
+        check_role(args, config)
         token = resolve_token(config)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -143,7 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         return 0 if asyncio.run(doctor(config, token)) else 1
     try:
-        asyncio.run(sync_commands(config, token) if args.command == "sync" else run_bot(config, token))
+        if args.command == "sync":
+            asyncio.run(sync_commands(config, token))
+        else:
+            role: Role = "run" if args.command == "run" else args.command
+            asyncio.run(run_bot(config, token, role, args.shards, args.shard_count))
     except StartupError as exc:
         log.error("%s", exc)
         return EXIT_USAGE

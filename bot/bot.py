@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import Any, Literal
 
 import discord
 import httpx
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 EXTENSIONS: tuple[str, ...] = ("bot.exts.chat", "bot.exts.blog", "bot.exts.moderation", "bot.exts.help")
 COMMANDS_HASH_KEY = "synced_commands_hash"
 
+#: What one process does: ``run`` everything (one process, the default); ``gateway``: the Discord gateway
+#: (chat, slash commands), queueing blog jobs for workers; ``worker``: blog jobs only (REST, no gateway).
+Role = Literal["run", "gateway", "worker"]
+#: Discord allows ``max_concurrency`` IDENTIFYs per 5 s (one per bucket); a little margin for the clock.
+IDENTIFY_SPACING = 5.5
+#: Advisory-lock keys of the IDENTIFY buckets (plus the bucket number), shared by every gateway process.
+IDENTIFY_LOCK_BASE = 0x1D3_0000
+
 
 class LLMBot(commands.Bot):
     """The Discord bot. Services are created by ``python -m bot`` and handed in, never built on import."""
@@ -41,6 +50,8 @@ class LLMBot(commands.Bot):
         background_work: bool = True,
         supervisor: Supervisor | None = None,
         metrics: Metrics | None = None,
+        role: Role = "run",
+        **options: Any,
     ) -> None:
         # The bot has no voice: discord.py's start-up warnings about missing voice libraries are noise.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
@@ -56,8 +67,11 @@ class LLMBot(commands.Bot):
             # Never ping anyone unless a message explicitly allows it (model output can hold @everyone).
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=config.discord.guild_ready_timeout,
+            **options,
         )
         self.config = config
+        self.role: Role = role
+        self._closed_event = asyncio.Event()
         self.http_client = http_client
         self.pool = pool
         self.db = db
@@ -79,10 +93,26 @@ class LLMBot(commands.Bot):
         if self.background_work:
             # Other processes sharing a PostgreSQL database change settings too (a no-op on SQLite).
             await self.db.listen(SETTINGS_CHANNEL, self.settings.on_notify)
-        for extension in EXTENSIONS:
+        for extension in self.extensions_to_load:
             await self.load_extension(extension)
-        if self.background_work:
+        if self.background_work and self.role != "worker":
             await self.sync_commands(force=False)
+
+    @property
+    def extensions_to_load(self) -> tuple[str, ...]:
+        """A worker process only writes and posts blog jobs; the others run every feature."""
+        return ("bot.exts.blog",) if self.role == "worker" else EXTENSIONS
+
+    @property
+    def runs_blog_jobs(self) -> bool:
+        """Whether this process claims and writes blog jobs (and shows their progress)."""
+        return self.background_work and self.role in ("run", "worker")
+
+    def gateway_connected(self) -> bool:
+        """Whether the gateway session is up (a worker process has none: always True there)."""
+        if self.role == "worker":
+            return True
+        return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
 
     async def sync_commands(self, *, force: bool) -> bool:
         """Register the slash commands with Discord, unless the same set was registered before.
@@ -106,6 +136,10 @@ class LLMBot(commands.Bot):
         log.info("synced %d slash command(s) to %s", len(payload), list(guild_ids) or "all servers")
         return True
 
+    async def wait_until_closed(self) -> None:
+        """Return once :meth:`close` has run (a worker process has no gateway connection to wait on)."""
+        await self._closed_event.wait()
+
     async def close(self) -> None:
         # Closed while discord.py still waits for guilds after READY (guild_ready_timeout), its ready task
         # would later dispatch on the closed client and die with a traceback: let that short wait end first.
@@ -114,10 +148,11 @@ class LLMBot(commands.Bot):
                 await asyncio.wait_for(self.wait_until_ready(), self.config.discord.guild_ready_timeout + 1)
         # Unload in reverse: the blog worker stops taking jobs (and puts back the ones it is writing) before
         # chat gives the replies in progress their grace period; commands.Bot would unload chat first.
-        for name in reversed(EXTENSIONS):
+        for name in reversed(self.extensions_to_load):
             with contextlib.suppress(commands.ExtensionNotLoaded):
                 await self.unload_extension(name)
         await super().close()
+        self._closed_event.set()
 
     async def on_message(self, message: discord.Message, /) -> None:
         # The bot has no prefix commands: without this override commands.Bot would try to run
@@ -155,3 +190,25 @@ class LLMBot(commands.Bot):
                 await interaction.response.send_message(f"⚠️ {message}", ephemeral=True)
         except discord.HTTPException as exc:
             log.info("could not report a command error to the user: %s", exc)
+
+
+class ShardedLLMBot(LLMBot, commands.AutoShardedBot):
+    """``python -m bot gateway``: a range of shards in one process (``shard_ids``, ``shard_count``).
+
+    Several such processes share one bot token, so their IDENTIFYs are spaced through the database
+    (:meth:`~bot.engine.Engine.take_turn`): at most one per bucket (``shard_id % max_concurrency``) every
+    5 seconds, as Discord requires, whichever process sends it.
+    """
+
+    _max_concurrency: int | None = None
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if self._max_concurrency is None:
+            _, _, limits = await self.http.get_bot_gateway()
+            self._max_concurrency = max(1, int(limits.get("max_concurrency", 1)))
+        bucket = (shard_id or 0) % self._max_concurrency
+        await self.db.take_turn(IDENTIFY_LOCK_BASE + bucket, IDENTIFY_SPACING)
+
+    def gateway_connected(self) -> bool:
+        shards = self.shards.values()
+        return self.is_ready() and bool(shards) and not any(shard.is_closed() for shard in shards)

@@ -116,6 +116,7 @@ class Database:
         self.path = str(path)
         self._connection: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._turns: dict[int, asyncio.Lock] = {}
 
     @property
     def dialect(self) -> Dialect:
@@ -225,6 +226,12 @@ class Database:
 
     async def unlisten(self, channel: str, callback: Listener) -> None:
         """Nothing to do (see :meth:`notify`)."""
+
+    async def take_turn(self, key: int, hold: float) -> None:
+        """One process: a lock per key, given back ``hold`` seconds after it was taken."""
+        lock = self._turns.setdefault(key, asyncio.Lock())
+        await lock.acquire()
+        asyncio.get_running_loop().call_later(hold, lock.release)
 
     def _require(self) -> aiosqlite.Connection:
         if self._connection is None:

@@ -109,6 +109,11 @@ class Engine(Protocol):
         """Stop calling ``callback`` for ``channel``."""
         ...
 
+    async def take_turn(self, key: int, hold: float) -> None:
+        """Wait until nobody (in any process sharing the database) took turn ``key`` in the last ``hold``
+        seconds, then take it: how gateway processes space their IDENTIFYs."""
+        ...
+
 
 def open_database(url: str) -> Engine:
     """The engine for ``database.url`` (not opened yet): ``sqlite:///path`` or ``postgresql://…``."""

@@ -162,7 +162,7 @@ class OpsServer:
         with contextlib.suppress(Exception):
             database = await asyncio.wait_for(bot.db.fetch_one("SELECT 1"), DATABASE_TIMEOUT) is not None
         return {
-            "gateway": bot.is_ready() and not bot.is_closed() and bot.ws is not None and bot.ws.open,
+            "gateway": bot.gateway_connected(),
             "database": database,
             "loops": bot.supervisor.all_running(),
         }

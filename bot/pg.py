@@ -356,6 +356,27 @@ class PostgresDatabase:
         """``NOTIFY channel, payload``, delivered to every listener when the transaction commits."""
         await connection.execute("SELECT pg_notify(?, ?)", (channel, payload))
 
+    async def take_turn(self, key: int, hold: float) -> None:
+        """A session advisory lock on ``key``, held on a connection of its own for ``hold`` seconds (given
+        back at once if this process dies: its connection closes)."""
+        connection: asyncpg.Connection = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+        try:
+            await connection.execute("SELECT pg_advisory_lock($1)", key)
+        except BaseException:
+            await connection.close()
+            raise
+
+        async def release() -> None:
+            try:
+                await asyncio.sleep(hold)
+            finally:
+                with contextlib.suppress(Exception):
+                    await connection.close(timeout=2)
+
+        task = asyncio.ensure_future(release())
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+
     async def listen(self, channel: str, callback: Listener) -> None:
         """Call ``callback(payload)`` for every ``NOTIFY`` on ``channel`` (and ``""`` after a reconnect)."""
         callbacks = self._listeners.setdefault(channel, [])

@@ -68,12 +68,13 @@ def make_config(
 def config_toml(
     emulator_url: str,
     backend_url: str,
-    database: Path,
+    database: Path | str,
     *,
     backend: dict[str, Any] | None = None,
     **sections: dict[str, Any],
 ) -> str:
-    """The same kind of config as :func:`make_config`, as TOML text, for a bot run as ``python -m bot``."""
+    """The same kind of config as :func:`make_config`, as TOML text, for a bot run as ``python -m bot``
+    (``database``: an SQLite file, or a ``postgresql://`` URL)."""
 
     def value(item: Any) -> str:
         if isinstance(item, bool):
@@ -86,7 +87,7 @@ def config_toml(
             "gateway_url": emulator_url.replace("http://", "ws://") + "/",
             "guild_ready_timeout": 0.05,
         },
-        "database": {"path": str(database)},
+        "database": ({"url": database} if str(database).startswith("postgres") else {"path": str(database)}),
         **sections,
     }
     lines = []

@@ -100,6 +100,9 @@ async def test_sigterm_stops_cleanly_puts_the_job_back_and_restart_does_not_resy
             )
 
         bot = await start()
+        # A note lives 15 s: stopping before it is deleted must not leave a failing task behind.
+        empty = await discord_api.mention("general", "bob", "")
+        await wait_until(lambda: _replied(discord_api, empty["id"]), within=10)
         invocation = await discord_api.invoke("general", "alice", "blog new", topic="interrupted")
         await discord_api.answered(invocation["interaction_id"])
         await wait_until(lambda: _true(any(r["first_token_at"] for r in slow.requests)), within=10)
@@ -121,6 +124,13 @@ async def test_sigterm_stops_cleanly_puts_the_job_back_and_restart_does_not_resy
 
 async def _connected(api: Any) -> bool:
     return bool((await api.refresh())["sessions"])
+
+
+async def _replied(api: Any, message_id: str) -> bool:
+    return any(
+        (m.get("message_reference") or {}).get("message_id") == message_id
+        for m in await api.bot_replies("general")
+    )
 
 
 async def _disconnected(api: Any) -> bool:

@@ -313,10 +313,20 @@ class StatusBoard:
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
             self._wakeup.set()
 
+    async def show_now(self, job: Job) -> None:
+        """Show a finished job's status at once (from a process whose board does not run)."""
+        await self._show(job, None, paused=False, urgent=True)
+
     async def _show(self, job: Job, position: int | None, *, paused: bool, urgent: bool) -> None:
         message_id = job.status_message_id or self._message_ids.get(job.id)
         if message_id is None:
-            return
+            # Claimed by this (worker) process before the gateway process that queued it had saved
+            # its status message: look again.
+            stored = await self._store.get(job.id)
+            message_id = stored.status_message_id if stored is not None else None
+            if message_id is None:
+                return
+            self._message_ids[job.id] = message_id
         text = render_status(job, position=position, progress=self._progress.get(job.id), paused=paused)
         if self._shown.get(job.id) == text:
             return
@@ -384,7 +394,7 @@ class Blog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(CancelButton)
-        if self.bot.background_work:
+        if self.bot.runs_blog_jobs:
             self.board.start()
             self.worker.start()
             # Other processes sharing a PostgreSQL database enqueue and cancel jobs too (no-ops on SQLite).
@@ -474,7 +484,10 @@ class Blog(commands.Cog):
             job.target_length,
         )
         if isinstance(callback.resource, discord.InteractionMessage):
-            self.board.remember_message(job.id, callback.resource.id)
+            if self.bot.runs_blog_jobs:
+                self.board.remember_message(job.id, callback.resource.id)
+            else:  # a gateway process: the worker that claims the job reads the id from the database
+                await self.store.set_status_messages({job.id: callback.resource.id})
         self.worker.notify()
 
     @blog.command(name="status")
@@ -553,7 +566,10 @@ class Blog(commands.Cog):
             return None
         stopped = self.worker.stop_generation(job_id)
         log.info("blog job %d cancelled by user=%s (generation stopped: %s)", job_id, by, stopped)
-        self.job_changed(cancelled)
+        if self.bot.runs_blog_jobs:
+            self.job_changed(cancelled)
+        else:  # a gateway process has no status board running: show the outcome now
+            await self.board.show_now(cancelled)
         return cancelled
 
     async def _visible_job(self, interaction: discord.Interaction, job_id: int | None) -> Job | None:
@@ -616,11 +632,14 @@ class Blog(commands.Cog):
 
     def _missing_permission(self, channel: discord.abc.Messageable) -> str:
         """Which permission kept the article out of the channel, in the words of Discord's settings."""
+        me = getattr(getattr(channel, "guild", None), "me", None)
+        if me is None:  # a worker process has no member cache to tell which permission is missing
+            return "I am not allowed to post there any more"
         if isinstance(channel, discord.Thread):
-            permissions = channel.permissions_for(channel.guild.me)
+            permissions = channel.permissions_for(me)
             send = (permissions.send_messages_in_threads, "Send Messages in Threads")
         elif isinstance(channel, discord.TextChannel):
-            permissions = channel.permissions_for(channel.guild.me)
+            permissions = channel.permissions_for(me)
             send = (permissions.send_messages, "Send Messages")
         else:
             return "I am not allowed to post there any more"
