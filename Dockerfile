@@ -4,7 +4,8 @@ FROM python:3.12-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
-RUN pip install --no-cache-dir . \
+# With the postgres extra (asyncpg): the same image runs one process on SQLite or gateway/worker roles.
+RUN pip install --no-cache-dir '.[postgres]' \
     && useradd --create-home --uid 1000 bot \
     && mkdir /data && chown bot /data
 USER bot

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_file_parses_and_runs_the_bot_beside_ollama() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"bot", "ollama"}
+    assert set(services) == {"bot", "ollama", "postgres"}
+    # PostgreSQL is optional: only `docker compose --profile postgres up` starts it.
+    assert services["postgres"]["profiles"] == ["postgres"] and "profiles" not in services["bot"]
     bot = services["bot"]
     assert bot["build"] == "." and (ROOT / "Dockerfile").is_file()
     assert "DISCORD_TOKEN" in bot["environment"], "the token comes from the environment"
@@ -56,3 +58,14 @@ def test_the_config_the_compose_comment_describes_is_valid(tmp_path: Path) -> No
     assert config.backends[0].url == "http://ollama:11434"
     assert config.database.path == "/data/bot.sqlite3"
     assert config.metrics.listen == "127.0.0.1:9108"
+
+
+def test_the_postgres_url_the_compose_comment_gives_is_valid(tmp_path: Path) -> None:
+    comment = (ROOT / "compose.yaml").read_text()
+    [url] = re.findall(r'url = "(postgresql://[^"]+)"', comment)
+    text = re.sub(
+        r'^url = ""', f'url = "{url}"', (ROOT / "config.example.toml").read_text(), count=1, flags=re.M
+    )
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(text)
+    assert load_config(str(config_path)).database.resolved_url == url
