@@ -362,6 +362,23 @@ class PostgresDatabase:
         connection: asyncpg.Connection = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
         try:
             await connection.execute("SELECT pg_advisory_lock($1)", key)
+            # The lock alone is not enough: a process killed right after its turn gives it back at once.
+            # The time of the last turn (server clock, in meta) makes the next taker wait out the rest.
+            name = f"turn:{key}"
+            left = await connection.fetchval(
+                """SELECT $2::float8 - (extract(epoch FROM clock_timestamp())::float8 - value::float8)
+                   FROM meta WHERE key = $1""",
+                name,
+                hold,
+            )
+            if left is not None and left > 0:
+                await asyncio.sleep(min(left, hold))
+            await connection.execute(
+                """INSERT INTO meta (key, value)
+                   VALUES ($1, extract(epoch FROM clock_timestamp())::float8::text)
+                   ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+                name,
+            )
         except BaseException:
             await connection.close()
             raise
