@@ -388,7 +388,7 @@ class ChannelReply:
         await self.channel.typing()
 
     def describe(self) -> str:
-        return f"channel={self.budget_key} origin={self.origin.id}"
+        return f"channel={self.budget_key} message={self.origin.id}"
 
 
 class InteractionReply:
