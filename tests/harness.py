@@ -11,6 +11,9 @@ import base64
 import contextlib
 import dataclasses
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +36,7 @@ from bot.config import (
 T = TypeVar("T")
 
 TOKEN = "test-token-not-a-secret-0123456789"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_config(
@@ -361,6 +365,64 @@ class RunningBot:
         return await self.start()
 
 
+class BotProcess:
+    """``python -m bot <command…> --config <config>`` as a real process, its output in the file ``log``."""
+
+    def __init__(self, command: Sequence[str], config: Path, log: Path, *, token: str = TOKEN) -> None:
+        self.command = list(command)
+        self.config = config
+        self.log = log
+        self.token = token
+        self.process: asyncio.subprocess.Process | None = None
+        #: Set by :meth:`kill`: its output may end anywhere.
+        self.killed = False
+
+    async def start(self) -> None:
+        with self.log.open("wb") as output:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                *self.command,
+                "--config",
+                str(self.config),
+                cwd=ROOT,
+                env={**os.environ, "DISCORD_TOKEN": self.token},
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def check_alive(self) -> None:
+        """Raise, with the end of its output, if the process has exited."""
+        if self.process is not None and self.process.returncode is not None:
+            raise RuntimeError(
+                f"python -m bot {' '.join(self.command)} exited ({self.process.returncode}):\n"
+                f"{self.output()[-3000:]}"
+            )
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.process is not None
+        self.killed = True
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(self.process.wait(), 10)
+
+    async def terminate(self, within: float = 30.0) -> int:
+        """SIGTERM (SIGKILL if it has not stopped ``within`` seconds later); the exit status."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.process.wait(), within)
+        except TimeoutError:
+            self.process.kill()
+            return await self.process.wait()
+
+
 @contextlib.asynccontextmanager
 async def running_bot(config: Config) -> AsyncIterator[RunningBot]:
     runner = RunningBot(config)
@@ -372,7 +434,9 @@ async def running_bot(config: Config) -> AsyncIterator[RunningBot]:
 
 
 __all__ = [
+    "ROOT",
     "TOKEN",
+    "BotProcess",
     "EmulatorControl",
     "FakeOllamaControl",
     "RunningBot",

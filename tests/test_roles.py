@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +12,8 @@ import pytest
 
 from tests.fakes.discord_server import DiscordEmulator
 from tests.fakes.ollama_server import FakeOllamaServer
-from tests.harness import TOKEN, EmulatorControl, config_toml, wait_until
-from tests.test_main import ROOT, run_bot
+from tests.harness import TOKEN, BotProcess, EmulatorControl, config_toml, wait_until
+from tests.test_main import run_bot
 
 ARTICLE = "# Owls\n\n" + "Owls hunt at night and sleep by day. " * 60
 
@@ -49,33 +46,22 @@ def test_shard_options_are_checked(tmp_path: Path, args: list[str], complaint: s
 
 
 @contextlib.asynccontextmanager
-async def processes(config: Path, *commands: list[str]) -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    environment = {**os.environ, "DISCORD_TOKEN": TOKEN}
+async def processes(config: Path, *commands: list[str]) -> AsyncIterator[list[BotProcess]]:
+    """``python -m bot <command>`` for each command; stopped with SIGTERM at the end, which each must
+    survive cleanly (exit 0, no traceback)."""
     started = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            *command,
-            "--config",
-            str(config),
-            cwd=ROOT,
-            env=environment,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        for command in commands
+        BotProcess(command, config, config.with_name(f"{n}-{command[0]}.log"))
+        for n, command in enumerate(commands)
     ]
+    for process in started:
+        await process.start()
     try:
         yield started
     finally:
-        for process in started:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        outputs = await asyncio.gather(*(asyncio.wait_for(p.communicate(), 30) for p in started))
-        for (output, _), process in zip(outputs, started, strict=True):
-            assert b"Traceback" not in output, output.decode()[-3000:]
-            assert process.returncode == 0, output.decode()[-3000:]
+        returncodes = await asyncio.gather(*(process.terminate() for process in started))
+        for process, returncode in zip(started, returncodes, strict=True):
+            assert "Traceback" not in process.output(), process.output()[-3000:]
+            assert returncode == 0, process.output()[-3000:]
 
 
 async def test_gateway_and_worker_processes_share_the_work(

@@ -12,11 +12,8 @@ deliver an event twice); such mentions are counted apart, every other one must g
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +26,7 @@ from bot.bot import IDENTIFY_LOCK_BASE
 from bot.engine import open_database
 from tests.fakes.discord_server import DiscordEmulator
 from tests.fakes.ollama_server import FakeOllamaServer
-from tests.harness import TOKEN, EmulatorControl, config_toml, wait_until
-from tests.test_main import ROOT
+from tests.harness import BotProcess, EmulatorControl, config_toml, wait_until
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -47,49 +43,12 @@ ARTICLE_MARKER = re.compile(r"^📝 Blog post #(\d+) ")
 ANSWER_WITHIN = 20.0
 
 
-@dataclass
-class Process:
-    """One ``python -m bot`` process, its output in its own file."""
-
-    command: list[str]
-    log: Path
-    process: asyncio.subprocess.Process | None = None
-    killed: bool = False
-
-    async def start(self, config: Path) -> None:
-        with self.log.open("wb") as output:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                *self.command,
-                "--config",
-                str(config),
-                cwd=ROOT,
-                env={**os.environ, "DISCORD_TOKEN": TOKEN},
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-
-    @property
-    def shards(self) -> set[int]:
-        if self.command[0] != "gateway":
-            return set()
-        first, last = self.command[2].split("-")
-        return set(range(int(first), int(last) + 1))
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.killed = True
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(self.process.wait(), 10)
-
-    async def terminate(self) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), 30)
+def shards_of(process: BotProcess) -> set[int]:
+    """The shards a gateway process runs (``gateway --shards a-b …``); none for a worker."""
+    if process.command[0] != "gateway":
+        return set()
+    first, last = process.command[2].split("-")
+    return set(range(int(first), int(last) + 1))
 
 
 @dataclass
@@ -188,11 +147,14 @@ async def test_many_processes_deliver_every_job_once_and_keep_chatting_through_s
         config = tmp_path / "config.toml"
         config.write_text(config_text(emulator.url, [one.url, two.url], postgres_url))
         serial = iter(range(1000))
-        running = [Process(list(c), tmp_path / f"{next(serial):03d}-gateway.log") for c in GATEWAYS]
-        running += [Process(["worker"], tmp_path / f"{next(serial):03d}-worker.log") for _ in range(WORKERS)]
+        running = [BotProcess(c, config, tmp_path / f"{next(serial):03d}-gateway.log") for c in GATEWAYS]
+        running += [
+            BotProcess(["worker"], config, tmp_path / f"{next(serial):03d}-worker.log")
+            for _ in range(WORKERS)
+        ]
         every = list(running)
         for process in running:
-            await process.start(config)
+            await process.start()
         try:
             await wait_until(lambda: all_shards_up(api), within=60, interval=0.2)
             await wait_until(lambda: blog_command_synced(api), within=30, interval=0.2)
@@ -229,10 +191,12 @@ async def test_many_processes_deliver_every_job_once_and_keep_chatting_through_s
                     victim = kill_rng.choice(victims)
                     await victim.kill()
                     figures.kills[kind] += 1
-                    figures.shard_kills.append((time.monotonic(), victim.shards))
+                    figures.shard_kills.append((time.monotonic(), shards_of(victim)))
                     lost_with(figures)
-                    replacement = Process(victim.command, tmp_path / f"{next(serial):03d}-{kind}.log")
-                    await replacement.start(config)
+                    replacement = BotProcess(
+                        victim.command, config, tmp_path / f"{next(serial):03d}-{kind}.log"
+                    )
+                    await replacement.start()
                     running = [replacement if p is victim else p for p in running]
                     every.append(replacement)
 
