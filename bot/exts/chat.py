@@ -259,7 +259,7 @@ class Chat(commands.Cog):
         refusal = None
         if interaction.guild_id is None and not self.config.allow_dms:
             refusal = "I don't answer in DMs here; ask me in a server channel."
-        elif not settings.allows_chat_in(channel_id, getattr(interaction.channel, "parent_id", None)):
+        elif not settings.allows_chat_in(channel_id, place(interaction.channel)[1]):
             refusal = "Chat is turned off in this channel."
         elif len(question) > self.config.max_prompt_chars:
             refusal = (
@@ -299,7 +299,7 @@ class Chat(commands.Cog):
         settings = self.bot.settings.get(interaction.guild_id)
         cooldown = self._cooldown(settings)
         refusal = self._check_limits(user.id, cooldown)
-        if not settings.allows_chat_in(message.channel.id, getattr(message.channel, "parent_id", None)):
+        if not settings.allows_chat_in(*place(message.channel)):
             refusal = "Chat is turned off in this channel."
         if refusal is not None:
             await interaction.response.send_message(refusal, ephemeral=True)
@@ -359,8 +359,7 @@ class Chat(commands.Cog):
         if not await self._is_for_us(message):
             return
         settings = self.bot.settings.get(message.guild.id if message.guild else None)
-        parent_id = getattr(message.channel, "parent_id", None)
-        if not settings.allows_chat_in(message.channel.id, parent_id):
+        if not settings.allows_chat_in(*place(message.channel)):
             return  # a moderator turned chat off here: stay quiet rather than nag
         cooldown = self._cooldown(settings)
         refusal = self._check_limits(message.author.id, cooldown)
@@ -659,8 +658,7 @@ class Chat(commands.Cog):
 
     def _model(self, settings: GuildSettings, channel: object) -> str:
         """The chat model in ``channel``: the channel's choice, else the server's, else the config's."""
-        where = (int(getattr(channel, "id", 0) or 0), getattr(channel, "parent_id", None))
-        return settings.chat_model_in(*where) or self.config.model
+        return settings.chat_model_in(*place(channel)) or self.config.model
 
     def _system_prompt(
         self,
@@ -672,8 +670,7 @@ class Chat(commands.Cog):
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
         if guild is None:
             return render_system_prompt(self.config.dm_system_prompt, user=user.display_name, date=today)
-        where = (int(getattr(channel, "id", 0) or 0), getattr(channel, "parent_id", None))
-        template = settings.system_prompt_in(*where) or self.config.system_prompt
+        template = settings.system_prompt_in(*place(channel)) or self.config.system_prompt
         name = getattr(channel, "name", None) or "this channel"
         return render_system_prompt(template, server=guild.name, channel=name, date=today)
 
@@ -763,6 +760,11 @@ class Chat(commands.Cog):
             return await channel.fetch_message(reference.message_id)
         except (discord.NotFound, discord.Forbidden):
             return None
+
+
+def place(channel: object) -> tuple[int, int | None]:
+    """(channel id, parent channel id): per-channel settings of a thread follow its parent."""
+    return int(getattr(channel, "id", 0) or 0), getattr(channel, "parent_id", None)
 
 
 def is_chat_answer(message: discord.Message, bot_id: int) -> bool:
