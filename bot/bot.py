@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import discord
 import httpx
+import yarl
 from discord import app_commands
 from discord.ext import commands
 
@@ -201,6 +202,30 @@ class ShardedLLMBot(LLMBot, commands.AutoShardedBot):
     """
 
     _max_concurrency: int | None = None
+    # The launch of a shard in progress, and whether close() began (see launch_shard).
+    _launching: asyncio.Future[None] | None = None
+    _stopping = False
+
+    async def launch_shard(self, gateway: yarl.URL, shard_id: int, *, initial: bool = False) -> None:
+        # Stopped while shards are still being launched (one may wait for its IDENTIFY turn): discord.py
+        # would retry the launch on the closed HTTP session every 5 s, logging a traceback each time.
+        if self._stopping:
+            return
+        self._launching = asyncio.ensure_future(super().launch_shard(gateway, shard_id, initial=initial))
+        try:
+            await self._launching
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are cancelled ourselves; otherwise close() stopped the launch
+        finally:
+            self._launching = None
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._launching is not None:
+            self._launching.cancel()
+        await super().close()
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         if self._max_concurrency is None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from bot.bot import IDENTIFY_LOCK_BASE
+from bot.engine import open_database
 from tests.fakes.discord_server import DiscordEmulator
 from tests.fakes.ollama_server import FakeOllamaServer
 from tests.harness import TOKEN, BotProcess, EmulatorControl, config_toml, wait_until
@@ -120,3 +122,33 @@ async def test_gateway_and_worker_processes_share_the_work(
             state = await api.refresh()
     assert post["attachments"][0]["filename"].startswith("owls")
     assert state.get("identify_refusals", []) == [], "the gateways spaced their IDENTIFYs"
+
+
+async def test_a_gateway_stopped_while_waiting_to_identify_exits_cleanly(
+    tmp_path: Path, postgres_url: str, http: Any
+) -> None:
+    """SIGTERM while a shard waits for its IDENTIFY turn (another process holds it): the launch stops,
+    instead of discord.py retrying it on the closed session with a traceback every 5 s."""
+    async with (
+        DiscordEmulator(guilds=2) as emulator,
+        FakeOllamaServer(models=["llama2", "mistral:latest"]) as ollama,
+        open_database(postgres_url) as database,
+    ):
+        api = EmulatorControl(emulator.url, http)
+        config = tmp_path / "config.toml"
+        config.write_text(config_toml(emulator.url, ollama.url, postgres_url))
+        # Another gateway process has just identified in bucket 0: this one must wait 30 s for its turn.
+        await database.take_turn(IDENTIFY_LOCK_BASE, 30.0)
+        gateway = BotProcess(["gateway", "--shards", "0", "--shard-count", "1"], config, tmp_path / "gw.log")
+        await gateway.start()
+        try:
+            await wait_until(lambda: _true("synced" in gateway.output()), within=20)
+            assert not (await api.refresh())["sessions"]
+        finally:
+            returncode = await gateway.terminate(within=15)
+    assert returncode == 0, gateway.output()[-3000:]
+    assert "Traceback" not in gateway.output(), gateway.output()[-3000:]
+
+
+async def _true(value: bool) -> bool:
+    return value
