@@ -10,6 +10,7 @@ Imports nothing of Discord (audit details are text shown there).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -100,6 +101,9 @@ class SettingsStore:
         self._db = db
         self._clock = clock
         self._cache: dict[int, GuildSettings] = {}
+        # Edits made in this process apply in the order they were asked for, on either engine (the
+        # database lock below only serialises them, in whatever order their transactions reach it).
+        self._edits = asyncio.Lock()
 
     async def load(self) -> None:
         """Read every server's settings into memory (done once at start-up)."""
@@ -146,6 +150,17 @@ class SettingsStore:
         Keys that ``compute`` sets to their current value are left out; if none is left, nothing is written
         or recorded. An exception from ``compute`` rolls everything back.
         """
+        async with self._edits:
+            return await self._edit(guild_id, user_id, action, compute, describe)
+
+    async def _edit(
+        self,
+        guild_id: int,
+        user_id: int,
+        action: str,
+        compute: Callable[[GuildSettings], dict[str, Any]],
+        describe: Callable[[dict[str, Any]], str] | None,
+    ) -> Change:
         now = self._clock()
         async with self._db.transaction() as connection:
             if lock := _EDIT_LOCK[self._db.dialect]:

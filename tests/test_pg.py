@@ -8,6 +8,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,27 @@ async def test_concurrent_enqueues_never_pass_a_quota_together(postgres_url: str
             accepted = [result for result in results if not isinstance(result, BaseException)]
             refused = [result for result in results if isinstance(result, QuotaExceeded)]
             assert (len(accepted), len(refused)) == (1, 1), f"user {user}: {results}"
+
+
+async def test_concurrent_settings_edits_from_two_processes_all_survive(postgres_url: str) -> None:
+    """Two processes add channels to the same server's list at once: every addition is kept.
+
+    Each process applies its own edits in order; between processes only the database's per-guild lock
+    keeps one edit from overwriting another's (READ COMMITTED lets both read the same stored list)."""
+    async with PostgresDatabase(postgres_url) as first, PostgresDatabase(postgres_url) as second:
+        stores = SettingsStore(first), SettingsStore(second)
+        for store in stores:
+            await store.load()
+
+        def add(channel: int) -> Any:
+            return lambda current: {"chat_channels": (*current.chat_channels, channel)}
+
+        channels = range(1, 13)
+        await asyncio.gather(
+            *(stores[channel % 2].edit(1, 42, "chat channels", add(channel)) for channel in channels)
+        )
+        await stores[0].reload(1)
+        assert sorted(stores[0].get(1).chat_channels) == list(channels)
 
 
 async def test_notifications_reach_another_process(pg: PostgresDatabase, postgres_url: str) -> None:
